@@ -1,0 +1,166 @@
+"""MONAI datalist JSON for VFSS: build, split by study, load and validate.
+
+A datalist is ``{"tasks": [...], "image_size": S, "training": [...], "validation": [...], "test": [...]}``; each
+item is ``{"image": "images/s000/0000.png", "label": "labels/s000/0000.nii.gz", "study": "s000", "frame": 0}``
+with paths relative to the datalist's folder. Splits are made by study, never by frame: frames of one swallow
+are nearly identical, so a frame-level split leaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vfss_agglo_bundle.data.io import DataFormatError, PathLike, read_frame, read_json, read_label
+
+SPLITS: tuple[str, ...] = ("training", "validation", "test")
+
+
+def frame_key(item: dict) -> str:
+    """Unique, filesystem-safe key of a frame, used by caches: ``"s000/0000"``."""
+    return f"{item['study']}/{int(item['frame']):04d}"
+
+
+def split_studies(studies: Sequence[str], ratios: Sequence[float], seed: int = 0) -> dict[str, list[str]]:
+    """Assign whole studies to the training/validation/test splits.
+
+    Args:
+        studies: study ids (order does not matter).
+        ratios: fractions for training, validation, test (normalised to sum to 1).
+        seed: shuffling seed.
+
+    Every split with a positive ratio gets at least one study when there are enough studies.
+    """
+    if len(ratios) != len(SPLITS) or min(ratios) < 0 or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers (training, validation, test), got {list(ratios)}.")
+    ordered = sorted(set(studies))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(ordered)
+    fractions = np.asarray(ratios, dtype=float) / sum(ratios)
+    counts = np.floor(fractions * len(ordered)).astype(int)
+    for i in np.argsort(-fractions):  # hand out the remainder, then make sure no wanted split is empty
+        if counts.sum() < len(ordered):
+            counts[i] += 1
+    for i in range(len(SPLITS)):
+        if fractions[i] > 0 and counts[i] == 0 and counts.max() > 1:
+            counts[int(np.argmax(counts))] -= 1
+            counts[i] = 1
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return {split: sorted(ordered[bounds[i] : bounds[i + 1]]) for i, split in enumerate(SPLITS)}
+
+
+def build_datalist(
+    items: Sequence[dict], tasks: Sequence[str], image_size: int, ratios: Sequence[float], seed: int = 0
+) -> dict:
+    """Group frame items into a datalist split by study.
+
+    Args:
+        items: frame items with ``image``, ``label`` (relative paths), ``study`` and ``frame``.
+        tasks: task names, one per label channel.
+        image_size: side of the stored frames.
+        ratios: training/validation/test fractions of the studies.
+        seed: split seed.
+    """
+    by_split = split_studies([it["study"] for it in items], ratios, seed)
+    datalist: dict = {"tasks": list(tasks), "image_size": int(image_size)}
+    for split, studies in by_split.items():
+        chosen = set(studies)
+        datalist[split] = sorted((it for it in items if it["study"] in chosen), key=frame_key)
+    return datalist
+
+
+def load_datalist(path: PathLike, split: str, tasks: Sequence[str] | None = None) -> list[dict]:
+    """Read one split of a datalist with ``image``/``label`` made absolute.
+
+    Args:
+        path: the datalist JSON.
+        split: ``training``, ``validation`` or ``test``.
+        tasks: the configured task list; a datalist recorded with other tasks is refused.
+    """
+    path = Path(path)
+    datalist = read_json(path)
+    if split not in datalist:
+        raise KeyError(f"{path} has no {split!r} list (it has {sorted(k for k in datalist if k in SPLITS)}).")
+    check_tasks(datalist, tasks, path)
+    base = path.parent
+    items = []
+    for item in datalist[split]:
+        item = dict(item)
+        for key in ("image", "label"):
+            if key in item:
+                item[key] = str(base / item[key])
+        items.append(item)
+    return items
+
+
+def check_tasks(datalist: dict, tasks: Sequence[str] | None, path: PathLike) -> None:
+    """Raise if the datalist's recorded tasks differ from the configured ``tasks``."""
+    recorded = datalist.get("tasks")
+    if tasks is not None and recorded is not None and list(recorded) != list(tasks):
+        raise ValueError(
+            f"{path} was built for tasks {recorded} but the config asks for {list(tasks)}; "
+            "set `tasks` in the config to the datalist's list (same order) or rebuild the datalist."
+        )
+
+
+def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_files: bool = True) -> list[str]:
+    """Check a datalist and return one line per problem (empty when it is usable).
+
+    Checks: the JSON reads; splits exist and are not all empty; items have the required keys; no study is in two
+    splits; files exist and load as 8-bit grey PNG and NIfTI; each label has one channel per task and the size of
+    its frame; all frames have the same size.
+    """
+    path = Path(path)
+    try:
+        datalist = read_json(path)
+    except (FileNotFoundError, DataFormatError) as e:
+        return [str(e)]
+    problems: list[str] = []
+    recorded = datalist.get("tasks")
+    if recorded is None:
+        problems.append(f"{path}: no 'tasks' list; record the task names, one per label channel.")
+    elif tasks is not None and list(recorded) != list(tasks):
+        problems.append(f"{path}: tasks {recorded} differ from the expected {list(tasks)}.")
+    tasks = list(recorded if recorded is not None else tasks or [])
+    if not any(datalist.get(split) for split in SPLITS):
+        problems.append(f"{path}: every split ({', '.join(SPLITS)}) is empty or missing.")
+    owner: dict[str, str] = {}
+    frame_size: tuple[int, int] | None = None
+    for split in SPLITS:
+        for i, item in enumerate(datalist.get(split) or []):
+            where = f"{path}: {split}[{i}]"
+            missing = [k for k in ("image", "label", "study", "frame") if k not in item]
+            if missing:
+                problems.append(f"{where}: missing keys {missing}.")
+                continue
+            study = str(item["study"])
+            if owner.setdefault(study, split) != split:
+                problems.append(f"{where}: study {study!r} is in both {owner[study]!r} and {split!r}; split by study.")
+            if not check_files:
+                continue
+            image_path, label_path = path.parent / item["image"], path.parent / item["label"]
+            try:
+                image = read_frame(image_path)
+                label = read_label(label_path)
+            except (FileNotFoundError, DataFormatError) as e:
+                problems.append(f"{where}: {e}")
+                continue
+            if frame_size is None:
+                frame_size = image.shape
+            elif image.shape != frame_size:
+                problems.append(
+                    f"{where}: frame {image_path} is {image.shape[0]}x{image.shape[1]} but the dataset's frames are "
+                    f"{frame_size[0]}x{frame_size[1]}; resize or re-export it."
+                )
+            if tasks and label.shape[0] != len(tasks):
+                problems.append(
+                    f"{where}: label {label_path} has {label.shape[0]} channels but there are {len(tasks)} tasks {tasks}."
+                )
+            if label.shape[1:] != image.shape:
+                problems.append(
+                    f"{where}: label {label_path} is {label.shape[1]}x{label.shape[2]} but its frame is "
+                    f"{image.shape[0]}x{image.shape[1]}."
+                )
+    return problems

@@ -1,0 +1,216 @@
+"""Build VFSS datasets in the bundle's on-disk format: from the phantom, from per-structure mask exports, from videos.
+
+All writers refuse to overwrite an existing dataset or datalist (delete it, or choose another folder).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from vfss_agglo_bundle.data.datalist import build_datalist, check_tasks, load_datalist
+from vfss_agglo_bundle.data.io import (
+    DataFormatError,
+    PathLike,
+    read_frame,
+    read_json,
+    read_label,
+    read_video,
+    to_grey_uint8,
+    write_frame,
+    write_json,
+    write_label,
+)
+from vfss_agglo_bundle.data.phantom import PhantomConfig, simulate_study
+from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.visualize import contact_sheet, legend, overlay, save_png
+
+logger = logging.getLogger(__name__)
+
+DATALIST_NAME = "datalist.json"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def study_seed(seed: int, study: int) -> int:
+    """Seed of one phantom study, independent of how many studies are generated."""
+    return int(np.random.SeedSequence([seed, study]).generate_state(1)[0])
+
+
+def _frame_paths(study: str, frame: int) -> tuple[str, str]:
+    return f"images/{study}/{frame:04d}.png", f"labels/{study}/{frame:04d}.nii.gz"
+
+
+def synthesize_dataset(
+    out_dir: PathLike,
+    studies: int = 12,
+    frames: int = 24,
+    image_size: int = 256,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    tasks: Sequence[str] = DEFAULT_TASKS,
+) -> Path:
+    """Write a phantom VFSS dataset and its datalist; returns the datalist path.
+
+    An interrupted run resumes: frames already on disk are kept, and the datalist (written last) marks completion.
+    """
+    out_dir = Path(out_dir)
+    datalist_path = out_dir / DATALIST_NAME
+    if datalist_path.exists():
+        raise FileExistsError(f"{datalist_path} already exists; delete {out_dir} or choose another folder.")
+    cfg = PhantomConfig(image_size=image_size, num_frames=frames)
+    items = []
+    for s in tqdm(range(studies), desc="phantom studies", unit="study"):
+        study = f"s{s:03d}"
+        paths = [_frame_paths(study, f) for f in range(frames)]
+        if not all((out_dir / im).exists() and (out_dir / lb).exists() for im, lb in paths):
+            for f, (image, label) in enumerate(simulate_study(study_seed(seed, s), cfg, tasks)):
+                im, lb = paths[f]
+                write_label(out_dir / lb, label, overwrite=True)
+                write_frame(out_dir / im, image, overwrite=True)
+        items += [{"image": im, "label": lb, "study": study, "frame": f} for f, (im, lb) in enumerate(paths)]
+    datalist = build_datalist(items, tasks, image_size, ratios, seed)
+    datalist["source"] = {"generator": "vfss_agglo_bundle.data.phantom", "seed": seed, "studies": studies, "frames": frames}
+    write_json(datalist_path, datalist)
+    logger.info("wrote %d frames of %d phantom studies to %s", len(items), studies, out_dir)
+    return datalist_path
+
+
+def _load_grey(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return to_grey_uint8(np.array(im))
+    except OSError as e:
+        raise DataFormatError(f"{path} cannot be read as an image ({e}).") from e
+
+
+def import_mask_folder(
+    src: PathLike,
+    out_dir: PathLike,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    frames_dir: str = "frames",
+    masks_dir: str = "masks",
+    mask_pattern: str = "{frame}_{task}.png",
+    image_size: int | None = None,
+    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> Path:
+    """Convert an annotation-tool export (one mask PNG per structure per frame) into the bundle format.
+
+    Expected layout: ``src/<study>/<frames_dir>/<frame>.png`` and ``src/<study>/<masks_dir>/<mask_pattern>``
+    (``{frame}`` = the frame file's stem, ``{task}`` = task name). A missing mask file means the structure is
+    absent in that frame (e.g. no bolus yet). Colour or 16-bit frames are converted to 8-bit grey; with
+    ``image_size`` frames and masks are resized to ``image_size`` squared. Returns the datalist path.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    datalist_path = out_dir / DATALIST_NAME
+    if datalist_path.exists():
+        raise FileExistsError(f"{datalist_path} already exists; delete {out_dir} or choose another folder.")
+    study_dirs = sorted(d for d in src.iterdir() if (d / frames_dir).is_dir()) if src.is_dir() else []
+    if not study_dirs:
+        raise FileNotFoundError(f"no study folders with a '{frames_dir}/' subfolder under {src}.")
+    items, empty_masks, size = [], 0, None
+    for study_dir in tqdm(study_dirs, desc="import studies", unit="study"):
+        frame_files = sorted(p for p in (study_dir / frames_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for index, frame_file in enumerate(frame_files):
+            image = _load_grey(frame_file)
+            masks = []
+            for task in tasks:
+                mask_file = study_dir / masks_dir / mask_pattern.format(frame=frame_file.stem, task=task)
+                if mask_file.exists():
+                    mask = _load_grey(mask_file) > 0
+                    if mask.shape != image.shape:
+                        raise DataFormatError(
+                            f"mask {mask_file} is {mask.shape[0]}x{mask.shape[1]} but frame {frame_file} is "
+                            f"{image.shape[0]}x{image.shape[1]}."
+                        )
+                else:
+                    mask = np.zeros(image.shape, dtype=bool)
+                    empty_masks += 1
+                masks.append(mask)
+            label = np.stack(masks).astype(np.uint8)
+            if image_size is not None:
+                image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
+                label = np.stack(
+                    [np.asarray(Image.fromarray(m * 255).resize((image_size, image_size), Image.NEAREST)) > 0 for m in label]
+                ).astype(np.uint8)
+            if size is None:
+                size = image.shape
+            elif image.shape != size:
+                raise DataFormatError(
+                    f"frame {frame_file} is {image.shape[0]}x{image.shape[1]} but earlier frames are {size[0]}x{size[1]}; "
+                    "pass image_size to resize all frames."
+                )
+            im, lb = _frame_paths(study_dir.name, index)
+            write_frame(out_dir / im, image)
+            write_label(out_dir / lb, label)
+            items.append({"image": im, "label": lb, "study": study_dir.name, "frame": index, "source": str(frame_file)})
+    logger.info("imported %d frames from %d studies (%d absent structure masks)", len(items), len(study_dirs), empty_masks)
+    datalist = build_datalist(items, tasks, size[0], ratios, seed)
+    write_json(datalist_path, datalist)
+    return datalist_path
+
+
+def import_video_frames(
+    video: PathLike, out_dir: PathLike, study: str | None = None, every: int = 1, image_size: int | None = None
+) -> list[Path]:
+    """Write every ``every``-th frame of a video as grey PNG ``out_dir/images/<study>/<frame>.png``."""
+    video = Path(video)
+    study = study or video.stem
+    written = []
+    for index, frame in enumerate(tqdm(read_video(video), desc=f"frames of {video.name}", unit="frame")):
+        if index % every:
+            continue
+        if image_size is not None:
+            frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BILINEAR))
+        path = Path(out_dir) / "images" / study / f"{len(written):04d}.png"
+        write_frame(path, frame)
+        written.append(path)
+    if not written:
+        raise DataFormatError(f"video {video} has no frames.")
+    return written
+
+
+def preview_datalist(
+    datalist: PathLike, out: PathLike, split: str = "training", num: int = 12, cols: int = 4, study: str | None = None
+) -> Path:
+    """Save a contact sheet of frames with coloured label overlays and a task legend; returns its path."""
+    tasks = read_json(datalist).get("tasks") or list(DEFAULT_TASKS)
+    items = load_datalist(datalist, split)
+    if study is not None:
+        items = [it for it in items if it["study"] == study]
+    if not items:
+        raise ValueError(f"{datalist}: no {split!r} frames{f' of study {study!r}' if study else ''} to preview.")
+    picks = [items[i] for i in np.linspace(0, len(items) - 1, min(num, len(items))).round().astype(int)]
+    tiles = [overlay(read_frame(it["image"]), read_label(it["label"])) for it in picks]
+    titles = [f"{it['study']} #{it['frame']}" for it in picks]
+    sheet = contact_sheet(tiles, titles, cols)
+    sheet = np.concatenate([sheet, legend(tasks, sheet.shape[1])])
+    save_png(out, sheet)
+    return Path(out)
+
+
+def ensure_dataset(
+    dataset_dir: PathLike,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    studies: int = 12,
+    frames: int = 24,
+    image_size: int = 256,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+) -> str:
+    """Return ``dataset_dir/datalist.json``, generating a phantom dataset there first if it has none.
+
+    An existing datalist is used as it is (after checking its task list against ``tasks``); it is never rewritten.
+    """
+    datalist_path = Path(dataset_dir) / DATALIST_NAME
+    if datalist_path.exists():
+        check_tasks(read_json(datalist_path), tasks, datalist_path)
+        logger.info("dataset: found %s, skipping phantom generation", datalist_path)
+        return str(datalist_path)
+    logger.info("dataset: no datalist in %s, generating %d phantom studies x %d frames", dataset_dir, studies, frames)
+    return str(synthesize_dataset(dataset_dir, studies, frames, image_size, seed, ratios, tasks))
