@@ -1,0 +1,39 @@
+"""Distillation losses, PHI-S standardisation and teacher loss balancing."""
+
+from vfss_agglo_bundle.losses.balancing import (
+    BALANCERS,
+    AttentionBalancer,
+    FixedBalancer,
+    LossBalancer,
+    MLPBalancer,
+    UncertaintyBalancer,
+    build_balancer,
+)
+from vfss_agglo_bundle.losses.distill import (
+    LOSSES,
+    DistillationLoss,
+    PHIStandardizer,
+    cosine,
+    cosine_smooth_l1,
+    get_loss,
+    hadamard_matrix,
+    mse,
+)
+
+__all__ = [
+    "BALANCERS",
+    "LOSSES",
+    "AttentionBalancer",
+    "DistillationLoss",
+    "FixedBalancer",
+    "LossBalancer",
+    "MLPBalancer",
+    "PHIStandardizer",
+    "UncertaintyBalancer",
+    "build_balancer",
+    "cosine",
+    "cosine_smooth_l1",
+    "get_loss",
+    "hadamard_matrix",
+    "mse",
+]

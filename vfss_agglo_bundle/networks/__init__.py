@@ -1,0 +1,27 @@
+"""Student encoder, distillation adaptors, light decoder and the segmentation network."""
+
+from vfss_agglo_bundle.networks.adaptors import (
+    DenseAdaptor,
+    DistillationModel,
+    FeatureFusion,
+    SummaryAdaptor,
+    TeacherSpec,
+    resize_to_grid,
+)
+from vfss_agglo_bundle.networks.decoder import LightDecoder
+from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+from vfss_agglo_bundle.networks.student import SUPPORTED_BACKBONES, StudentEncoder, identify_backbone
+
+__all__ = [
+    "DenseAdaptor",
+    "DistillationModel",
+    "FeatureFusion",
+    "LightDecoder",
+    "SUPPORTED_BACKBONES",
+    "StudentEncoder",
+    "SummaryAdaptor",
+    "TeacherSpec",
+    "VFSSSegmenter",
+    "identify_backbone",
+    "resize_to_grid",
+]
