@@ -1,0 +1,618 @@
+"""Synthetic VFSS studies: lateral head-and-neck fluoroscopy of one swallow, with annotator-style masks.
+
+Geometry lives in normalised image coordinates ``(u, v)`` in ``[0, 1]`` (``u`` to the right, ``v`` down), so any
+image size renders the same scene. A study is a canonical neck (face on the left, cervical spine on the right)
+posed by a per-study similarity transform, with per-study anatomy, exposure and swallow timing. Each frame is
+rendered as an X-ray: attenuation layers (soft tissue, bone, air, barium) -> transmitted intensity -> quantum
+(Poisson) noise -> blur -> display gain/gamma -> vignetting -> circular image-intensifier field (black outside).
+Dense is dark: bone mid-grey to dark, barium near black, air bright.
+
+Labels are what an annotator draws: the outline of each structure, clipped to the visible field, one binary
+channel per task; channels overlap where anatomy does (the bolus lies inside the pharynx).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+
+__all__ = [
+    "KNOWN_STRUCTURES",
+    "PhantomConfig",
+    "StudyAnatomy",
+    "check_tasks",
+    "render_frame",
+    "sample_anatomy",
+    "simulate_study",
+]
+
+VERTEBRAE: tuple[str, ...] = ("c1", "c2", "c3", "c4", "c5", "c6", "c7")
+KNOWN_STRUCTURES: tuple[str, ...] = ("bolus", "pharynx", "mandible", "hyoid", "epiglottis", *VERTEBRAE)
+
+_CENTRE = np.array([0.5, 0.5])
+# Position of each vertebra's anterior-centre along the spine curve (0 = top of C1, 1 = bottom of C7).
+_VERTEBRA_LEVELS = np.array([0.03, 0.165, 0.305, 0.445, 0.585, 0.725, 0.865])
+_PHARYNX_ENTRY = 0.36  # spine level where the bolus enters the pharynx from the mouth
+_PHARYNX_END = 0.80  # spine level of the upper oesophageal sphincter (bottom of the pharynx label)
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Knobs of the simulator. Ranges are ``(low, high)`` for per-study uniform sampling.
+
+    Sizes and distances are normalised to the image side unless named ``_px`` (pixels at 256, scaled with size).
+    """
+
+    image_size: int = 256
+    num_frames: int = 24
+    scale: tuple[float, float] = (0.95, 1.15)
+    rotation_deg: tuple[float, float] = (-12.0, 12.0)
+    shift: float = 0.035
+    field_radius: tuple[float, float] = (0.47, 0.62)
+    motion: float = 0.006  # amplitude of slow patient motion during the swallow
+    lordosis: tuple[float, float] = (-0.01, 0.07)
+    photons: tuple[float, float] = (120.0, 500.0)  # detected quanta per 256-grid pixel at full transmission
+    blur_px: tuple[float, float] = (0.5, 1.1)
+    motion_blur_px: float = 1.2  # extra vertical blur at peak hyoid speed
+    gain: tuple[float, float] = (0.95, 1.45)
+    gamma: tuple[float, float] = (0.8, 1.2)
+    contrast: tuple[float, float] = (0.85, 1.2)
+    residue_probability: float = 0.3  # chance that barium stays in the valleculae after the swallow
+    clutter_blobs: int = 14  # unlabelled overlapping structures in head and neck
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32:
+            raise ValueError(f"PhantomConfig.image_size must be >= 32, got {self.image_size}")
+        if self.num_frames < 1:
+            raise ValueError(f"PhantomConfig.num_frames must be >= 1, got {self.num_frames}")
+
+
+@dataclass
+class StudyAnatomy:
+    """Per-study anatomy, pose, exposure and swallow timing, in normalised coordinates of the canonical neck."""
+
+    # pose: canonical neck -> image (similarity about the image centre), field of view, patient motion
+    scale: float
+    rotation: float  # radians
+    shift: np.ndarray  # [2]
+    field_centre: np.ndarray  # [2]
+    field_radius: float
+    motion: np.ndarray  # [2, 3] per axis: amplitude, cycles per swallow, phase
+    # spine: quadratic curve along the front of the vertebral bodies
+    spine_top: np.ndarray  # [2]
+    spine_bottom: np.ndarray  # [2]
+    lordosis: float
+    vertebra_size: np.ndarray  # [2] body width (front-back), body height
+    vertebra_jitter: np.ndarray  # [7, 3] width scale, height scale, tilt (radians)
+    # soft tissue and airway
+    skin_jitter: np.ndarray  # [16, 2] per point of the body outline
+    prevertebral: float  # soft tissue between spine and pharynx
+    pharynx_width: float  # lumen half width
+    # face, jaw and larynx
+    face_offset: np.ndarray  # [2] mandible, teeth, palate, tongue together
+    mandible_scale: float
+    jaw_opening: float  # radians the jaw opens while the bolus is taken in
+    hyoid_offset: np.ndarray  # [2]
+    hyoid_size: float
+    hyoid_lift: float  # peak hyoid displacement, up and forward
+    epiglottis_length: float
+    epiglottis_width: float
+    epiglottis_tilt: tuple[float, float]  # rest and fully tipped angle from "up" towards the back (radians)
+    # bolus and timing (swallow phase t in [0, 1])
+    bolus_volume: float
+    bolus_start: float  # bolus appears in the mouth
+    swallow_onset: float  # bolus head leaves the mouth
+    transit_time: float  # mouth -> below the field
+    residue: bool
+    # imaging
+    contrast: float
+    gain: float
+    gamma: float
+    photons: float
+    blur_px: float
+    vignette: float
+    clutter: np.ndarray  # [K, 6] u, v, radius u, radius v, angle, density (bone-like > 0, air < 0)
+    dense_dots: np.ndarray  # [D, 3] u, v, radius: fillings, earrings, skin markers
+    lines: np.ndarray  # [L, 4] u0, v0, u1, v1: glasses frames, head holder
+    texture_seed: int
+
+
+def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """Validate task names against :data:`KNOWN_STRUCTURES`; return them as a tuple."""
+    tasks = tuple(tasks)
+    if not tasks:
+        raise ValueError(f"tasks is empty; pick names from the known structures {list(KNOWN_STRUCTURES)}")
+    unknown = [name for name in tasks if name not in KNOWN_STRUCTURES]
+    if unknown:
+        raise ValueError(f"unknown structure name(s) {unknown}; the phantom knows {list(KNOWN_STRUCTURES)}")
+    return tasks
+
+
+def sample_anatomy(rng: np.random.Generator, cfg: PhantomConfig = PhantomConfig()) -> StudyAnatomy:
+    """Draw one study's anatomy, pose, exposure and swallow timing."""
+    u = rng.uniform
+    bolus_start = u(0.06, 0.22)
+    swallow_onset = bolus_start + u(0.12, 0.28)
+    k = cfg.clutter_blobs
+    clutter = np.stack(
+        [
+            u(-0.05, 0.62, k),
+            u(-0.1, 0.5, k),
+            u(0.015, 0.08, k),
+            u(0.01, 0.05, k),
+            u(0, np.pi, k),
+            rng.choice([-1.0, 1.0], k, p=[0.35, 0.65]) * u(0.08, 0.35, k),
+        ],
+        axis=1,
+    )
+    num_dots = int(rng.integers(0, 4))
+    dense_dots = np.stack([u(0.0, 0.6, num_dots), u(0.05, 0.45, num_dots), u(0.006, 0.012, num_dots)], axis=1)
+    num_lines = int(rng.integers(0, 3))
+    lines = np.stack(
+        [u(-0.1, 0.3, num_lines), u(-0.1, 0.3, num_lines), u(0.5, 1.1, num_lines), u(-0.1, 0.4, num_lines)], axis=1
+    )
+    return StudyAnatomy(
+        scale=u(*cfg.scale),
+        rotation=np.deg2rad(u(*cfg.rotation_deg)),
+        shift=u(-cfg.shift, cfg.shift, 2),
+        field_centre=_CENTRE + u(-0.03, 0.03, 2),
+        field_radius=u(*cfg.field_radius),
+        motion=np.stack([cfg.motion * u(0.3, 1.0, 2), u(0.5, 2.0, 2), u(0, 2 * np.pi, 2)], axis=1),
+        spine_top=np.array([0.50, 0.18]) + u(-0.02, 0.02, 2),
+        spine_bottom=np.array([0.65, 0.87]) + u(-0.025, 0.02, 2),
+        lordosis=u(*cfg.lordosis),
+        vertebra_size=np.array([0.088, 0.074]) * u(0.92, 1.08),
+        vertebra_jitter=np.stack([u(0.94, 1.06, 7), u(0.93, 1.07, 7), np.deg2rad(u(-5, 5, 7))], axis=1),
+        skin_jitter=u(-0.02, 0.02, (len(_SKIN), 2)),
+        prevertebral=u(0.018, 0.035),
+        pharynx_width=u(0.020, 0.030),
+        face_offset=u(-0.03, 0.03, 2),
+        mandible_scale=u(0.92, 1.08),
+        jaw_opening=np.deg2rad(u(2, 8)),
+        hyoid_offset=u(-0.015, 0.015, 2),
+        hyoid_size=u(0.85, 1.15),
+        hyoid_lift=u(0.045, 0.07),
+        epiglottis_length=u(0.085, 0.11),
+        epiglottis_width=u(0.009, 0.013),
+        epiglottis_tilt=(np.deg2rad(u(5, 25)), np.deg2rad(u(115, 150))),
+        bolus_volume=u(0.8, 1.25),
+        bolus_start=bolus_start,
+        swallow_onset=swallow_onset,
+        transit_time=u(0.22, 0.34),
+        residue=bool(rng.random() < cfg.residue_probability),
+        contrast=u(*cfg.contrast),
+        gain=u(*cfg.gain),
+        gamma=u(*cfg.gamma),
+        photons=u(*cfg.photons),
+        blur_px=u(*cfg.blur_px),
+        vignette=u(0.1, 0.3),
+        clutter=clutter,
+        dense_dots=dense_dots,
+        lines=lines,
+        texture_seed=int(rng.integers(0, 2**31 - 1)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _ellipse(centre: np.ndarray, radii: tuple[float, float], angle: float = 0.0, n: int = 24) -> np.ndarray:
+    """Polygon [n, 2] approximating an ellipse."""
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    pts = np.stack([radii[0] * np.cos(a), radii[1] * np.sin(a)], axis=1)
+    return pts @ _rotation(angle).T + centre
+
+
+def _smooth(poly: np.ndarray, iterations: int = 2) -> np.ndarray:
+    """Chaikin corner cutting of a closed polygon [N, 2] -> [N * 2**iterations, 2]."""
+    for _ in range(iterations):
+        nxt = np.roll(poly, -1, axis=0)
+        poly = np.stack([0.75 * poly + 0.25 * nxt, 0.25 * poly + 0.75 * nxt], axis=1).reshape(-1, 2)
+    return poly
+
+
+def _tube(centreline: np.ndarray, half_width: np.ndarray) -> np.ndarray:
+    """Closed outline [2N, 2] of a band of varying half width [N] around a polyline [N, 2]."""
+    tangent = np.gradient(centreline, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True) + 1e-12
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1) * half_width[:, None]
+    return np.concatenate([centreline + normal, (centreline - normal)[::-1]])
+
+
+def _resample(polyline: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample a polyline at even arc length. Returns points [M, 2], their arc length [M], raw arc length [N]."""
+    raw = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(polyline, axis=0), axis=1))])
+    s = np.linspace(0.0, raw[-1], max(int(raw[-1] / step), 2) + 1)
+    pts = np.stack([np.interp(s, raw, polyline[:, 0]), np.interp(s, raw, polyline[:, 1])], axis=1)
+    return pts, s, raw
+
+
+def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quadratic Bezier points and unit tangents at parameters f [N] (f outside [0, 1] extrapolates)."""
+    f = np.asarray(f, dtype=np.float64)[:, None]
+    pts = (1 - f) ** 2 * p0 + 2 * f * (1 - f) * p1 + f**2 * p2
+    der = 2 * (1 - f) * (p1 - p0) + 2 * f * (p2 - p1)
+    return pts, der / np.linalg.norm(der, axis=1, keepdims=True)
+
+
+def _smoothstep(x: np.ndarray | float) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def _plateau(t: float, start: float, stop: float, ramp: float) -> float:
+    """0 before ``start``, rises over ``ramp`` to 1, falls back to 0 over ``ramp`` from ``stop``."""
+    return float(_smoothstep((t - start) / ramp) * (1 - _smoothstep((t - stop) / ramp)))
+
+
+# ------------------------------------------------------------------------------------------------- scene
+
+# Vertebra outlines in vertebra units: x from the front of the body backwards (body width 1), y down (body height 1).
+_VERTEBRA = np.array(
+    [
+        [0.00, -0.50], [0.95, -0.52], [1.05, -0.45], [1.15, -0.56], [1.45, -0.64], [1.65, -0.45], [1.85, -0.20],
+        [2.40, -0.02], [2.60, 0.15], [2.45, 0.32], [1.90, 0.25], [1.70, 0.55], [1.40, 0.60], [1.15, 0.48],
+        [1.00, 0.50], [0.00, 0.50], [-0.04, 0.00],
+    ]
+)
+_AXIS = np.array(  # C2: taller body with the dens pointing up, large spinous process
+    [
+        [0.00, -0.45], [0.18, -0.50], [0.28, -1.05], [0.55, -1.10], [0.72, -0.55], [1.00, -0.55], [1.15, -0.40],
+        [1.35, -0.62], [1.65, -0.55], [1.80, -0.25], [2.45, -0.12], [2.70, 0.12], [2.45, 0.38], [1.85, 0.30],
+        [1.60, 0.62], [1.25, 0.55], [1.05, 0.32], [1.00, 0.55], [0.00, 0.55], [-0.06, 0.05],
+    ]
+)
+_ATLAS = np.array(  # C1: small anterior arch, lateral mass, thin posterior arch with a tubercle
+    [
+        [-0.05, 0.00], [0.05, -0.32], [0.35, -0.42], [0.60, -0.55], [1.20, -0.50], [1.50, -0.28], [2.10, -0.25],
+        [2.35, -0.45], [2.62, -0.32], [2.66, 0.10], [2.40, 0.35], [2.10, 0.20], [1.50, 0.25], [1.20, 0.48],
+        [0.60, 0.48], [0.35, 0.38], [0.05, 0.32],
+    ]
+)
+_BODY = np.array([[0.05, -0.42], [0.95, -0.45], [0.95, 0.42], [0.05, 0.42]])  # vertebral body of C2..C7
+_ATLAS_ARCH = np.array([[0.05, -0.3], [0.35, -0.35], [0.35, 0.3], [0.05, 0.3]])  # anterior arch of C1
+_MANDIBLE = np.array(
+    [
+        [0.03, 0.575], [0.10, 0.555], [0.20, 0.545], [0.28, 0.525], [0.305, 0.44], [0.32, 0.31], [0.365, 0.36],
+        [0.405, 0.255], [0.445, 0.285], [0.435, 0.40], [0.415, 0.50], [0.375, 0.56], [0.30, 0.605], [0.18, 0.665],
+        [0.08, 0.71], [0.02, 0.70], [-0.015, 0.645],
+    ]
+)
+_SKIN = np.array(  # body outline, face to the left, back of the neck to the right (per-study jitter per point)
+    [
+        [0.82, -0.35], [0.81, 0.05], [0.85, 0.30], [0.93, 0.58], [1.00, 0.82], [1.05, 1.05], [1.09, 1.35],
+        [0.44, 1.35], [0.38, 1.00], [0.33, 0.92], [0.25, 0.86], [0.11, 0.83], [0.03, 0.78], [-0.02, 0.66],
+        [-0.40, 0.60], [-0.40, -0.35],
+    ]
+)
+
+
+@dataclass
+class _Scene:
+    """Canonical-space polygons of one frame: labelled outlines and attenuation layers ``(polygon, value)``."""
+
+    labels: dict[str, list[np.ndarray]]
+    tissue: list[tuple[np.ndarray, float]]  # smooth thickness, rendered at low resolution and blurred
+    bone: list[tuple[np.ndarray, float]]  # cortical rim and trabecular texture added
+    air: list[tuple[np.ndarray, float]]
+    barium: list[tuple[np.ndarray, float]]
+    metal: list[tuple[np.ndarray, float]]
+
+
+def _swallow_state(a: StudyAnatomy, t: float) -> tuple[float, float]:
+    """Hyoid elevation and epiglottis inversion in [0, 1] at phase ``t``."""
+    end = a.swallow_onset + 0.85 * a.transit_time
+    lift = _plateau(t, a.swallow_onset - 0.06, end, 0.08)
+    tip = _plateau(t, a.swallow_onset + 0.02, end - 0.02, 0.06)
+    return lift, tip
+
+
+def _bolus_extent(a: StudyAnatomy, t: float, oral: float, total: float) -> tuple[float, float] | None:
+    """Arc-length interval (tail, head) of the bolus along its path, or None when no bolus is in view."""
+    if t < a.bolus_start:
+        return None
+    tail0, head0 = 0.25 * oral, 0.92 * oral
+    p = (t - a.swallow_onset) / a.transit_time
+    if p <= 0:
+        return tail0, head0
+    head = head0 + (total - head0) * _smoothstep(1.5 * p)
+    tail = tail0 + (total - tail0) * _smoothstep(p) ** 1.3
+    if total - tail < 1e-3:
+        return None
+    return tail, head
+
+
+def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
+    """All polygons of the frame at swallow phase ``t``, in canonical normalised coordinates."""
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in KNOWN_STRUCTURES}
+    tissue: list[tuple[np.ndarray, float]] = []
+    bone: list[tuple[np.ndarray, float]] = []
+    air: list[tuple[np.ndarray, float]] = []
+    barium: list[tuple[np.ndarray, float]] = []
+    metal: list[tuple[np.ndarray, float]] = []
+    lift, tip = _swallow_state(a, t)
+
+    # soft tissue: body outline, thicker head, shoulder, overlapping soft structures
+    tissue.append((_smooth(_SKIN + a.skin_jitter, 2), 1.0))
+    tissue.append((_ellipse(np.array([0.25, 0.05]), (0.55, 0.42), 0.15), 0.7))
+    tissue.append((_ellipse(np.array([0.05, 0.50]) + a.face_offset, (0.35, 0.22), -0.1), 0.5))
+    tissue.append((_ellipse(np.array([1.05, 1.12]) + a.skin_jitter[5], (0.32, 0.22), -0.5), 1.6))
+    for cu, cv, ru, rv, ang, dens in a.clutter[: len(a.clutter) // 2]:  # first half: soft overlaps in the neck
+        tissue.append((_ellipse(np.array([cu + 0.25, cv + 0.45]), (2 * ru, 2 * rv), ang), 0.25 * abs(dens)))
+
+    # skull: occipital and parietal bone as a band, skull base above the atlas
+    skull_centre = np.array([0.28, -0.02]) + a.skin_jitter[0] * 0.5
+    bone.append((_ellipse(skull_centre, (0.47, 0.27), 0.12, 48), 0.35))
+    bone.append((_ellipse(skull_centre + [0.0, -0.008], (0.445, 0.245), 0.12, 48), -0.35))
+    bone.append((_smooth(np.array([[0.40, 0.12], [0.58, 0.10], [0.66, 0.16], [0.55, 0.20], [0.42, 0.19]]), 2), 0.45))
+    for cu, cv, ru, rv, ang, dens in a.clutter[len(a.clutter) // 2 :]:  # second half: bone and sinuses in the head
+        (bone if dens > 0 else air).append((_ellipse(np.array([cu, cv]), (ru, rv), ang), abs(dens)))
+
+    # spine: seven vertebrae along a lordotic curve, each tilted with the local tangent
+    top, bottom = a.spine_top, a.spine_bottom
+    tangent_mid = (bottom - top) / np.linalg.norm(bottom - top)
+    back_mid = np.array([tangent_mid[1], -tangent_mid[0]])
+    control = 0.5 * (top + bottom) - a.lordosis * back_mid
+    origins, tangents = _bezier(top, control, bottom, _VERTEBRA_LEVELS)
+    for i, name in enumerate(VERTEBRAE):
+        template = (_ATLAS, _AXIS, *[_VERTEBRA] * 5)[i]
+        height_scale = (0.75, 1.15, 1, 1, 1, 1, 1)[i]
+        down = _rotation(a.vertebra_jitter[i, 2]) @ tangents[i]
+        back = np.array([down[1], -down[0]])
+        width = a.vertebra_size[0] * a.vertebra_jitter[i, 0]
+        height = a.vertebra_size[1] * a.vertebra_jitter[i, 1] * height_scale
+        local = _smooth(template, 2)
+        outline = origins[i] + local[:, :1] * width * back + local[:, 1:] * height * down
+        labels[name].append(outline)
+        bone.append((outline, 0.25))
+        body = _smooth(_ATLAS_ARCH if i == 0 else _BODY, 2)  # denser than the posterior elements
+        bone.append((origins[i] + body[:, :1] * width * back + body[:, 1:] * height * down, 0.2))
+
+    # pharynx: lumen in front of the spine from the nasopharynx to the upper oesophageal sphincter
+    levels = np.linspace(0.0, _PHARYNX_END, 42)
+    spine_front, spine_down = _bezier(top, control, bottom, levels)
+    front = -np.stack([spine_down[:, 1], -spine_down[:, 0]], axis=1)
+    pharynx_line = spine_front + front * (a.prevertebral + a.pharynx_width)
+    profile = np.interp(levels, [0.0, 0.2, 0.62, _PHARYNX_END], [0.7, 1.0, 1.0, 0.5])
+    pharynx_half = a.pharynx_width * profile
+
+    # the bolus path: mouth -> over the tongue base -> down the pharynx -> oesophagus below the field
+    face = a.face_offset
+    oral_path = np.array([[0.10, 0.49], [0.20, 0.48], [0.29, 0.47], [0.36, 0.455]]) + face
+    entry = np.searchsorted(levels, _PHARYNX_ENTRY)
+    oes_levels = np.linspace(_PHARYNX_END, 1.35, 12)[1:]
+    oes_pts, oes_down = _bezier(top, control, bottom, oes_levels)
+    oes_front = -np.stack([oes_down[:, 1], -oes_down[:, 0]], axis=1)
+    oes_line = oes_pts + oes_front * (a.prevertebral + 0.6 * a.pharynx_width)
+    raw_path = np.concatenate([oral_path, pharynx_line[entry:], oes_line])
+    path, arc, raw_arc = _resample(raw_path, 0.006)
+    oral_len = raw_arc[len(oral_path)]
+    ues_len = raw_arc[len(oral_path) + len(levels) - entry - 1]
+    oral_half, pw = 0.045 * a.bolus_volume, a.pharynx_width  # a ball in the mouth; the lumen shapes it after
+    path_half = np.interp(
+        arc,
+        [0.0, 0.6 * oral_len, oral_len, ues_len - 0.05, ues_len, arc[-1]],
+        [oral_half, oral_half, 0.95 * pw, 0.95 * pw, 0.55 * pw, 0.5 * pw],
+    )
+    extent = _bolus_extent(a, t, oral_len, arc[-1])
+    if extent is not None:
+        tail, head = extent
+        keep = (arc > tail) & (arc < head)
+        s = np.concatenate([[tail], arc[keep], [head]])
+        pts = np.stack([np.interp(s, arc, path[:, 0]), np.interp(s, arc, path[:, 1])], axis=1)
+        x = (s - tail) / max(head - tail, 1e-6)
+        ragged = 1 + 0.08 * np.sin(90 * s + 7 * t) + 0.05 * np.sin(230 * s - 11 * t)  # uneven barium edge
+        half = np.interp(s, arc, path_half) * ragged * np.sqrt(np.clip(1 - np.abs(2 * x - 1) ** 3, 0, 1))
+        outline = _tube(pts, half)
+        labels["bolus"].append(outline)
+        barium.append((outline, 2.2))
+        # the pharynx wall stretches around the bolus; it narrows behind the tail (stripping wave)
+        ph_arc = raw_arc[len(oral_path) : len(oral_path) + len(levels) - entry]
+        bolus_half = np.interp(ph_arc, s, half, left=0.0, right=0.0)
+        behind = np.exp(-(((ph_arc - tail) / 0.06) ** 2)) * (ph_arc < tail) * _plateau(
+            t, a.swallow_onset, a.swallow_onset + a.transit_time, 0.05
+        )
+        pharynx_half[entry:] = np.maximum(pharynx_half[entry:] * (1 - 0.55 * behind), 1.08 * bolus_half)
+    pharynx = _tube(pharynx_line, pharynx_half)
+    labels["pharynx"].append(pharynx)
+    air.append((pharynx, 0.2))
+
+    # larynx and trachea: air column in front of the oesophagus, rising with the hyoid
+    up_fwd = np.array([-0.6, -0.8])  # canonical "up and forward"
+    larynx_levels = np.linspace(0.58, 1.35, 14)
+    lx_pts, lx_down = _bezier(top, control, bottom, larynx_levels)
+    lx_front = -np.stack([lx_down[:, 1], -lx_down[:, 0]], axis=1)
+    lx_line = lx_pts + lx_front * (a.prevertebral + 2 * a.pharynx_width + 0.035) + 0.7 * lift * a.hyoid_lift * up_fwd
+    lx_half = np.full(len(lx_line), 0.017) * (1 - 0.6 * lift * np.linspace(1, 0, len(lx_line)) ** 4)
+    air.append((_tube(lx_line, lx_half), 0.16))
+
+    # epiglottis: thin strip from the front wall of the pharynx, tipping back and down during the swallow
+    base_level = 0.50
+    b_idx = np.searchsorted(levels, base_level)
+    down_here = spine_down[b_idx]
+    up_here, back_here = -down_here, np.array([down_here[1], -down_here[0]])
+    base = pharynx_line[b_idx] - back_here * 0.6 * a.pharynx_width + lift * a.hyoid_lift * 0.8 * up_fwd
+    tilt = a.epiglottis_tilt[0] + (a.epiglottis_tilt[1] - a.epiglottis_tilt[0]) * tip
+    frac = np.linspace(0.0, 1.0, 10)
+    bend = tilt + 0.35 * frac  # curls towards the back along its length
+    direction = np.cos(bend)[:, None] * up_here + np.sin(bend)[:, None] * back_here
+    centreline = base + a.epiglottis_length * np.cumsum(direction, axis=0) / len(frac)
+    epiglottis = _tube(centreline, a.epiglottis_width * (1.1 - 0.3 * frac) * np.sqrt(1.05 - frac**8))
+    labels["epiglottis"].append(epiglottis)
+    vallecula = _ellipse(centreline[5] - back_here * 0.02, (0.035, 0.013), np.arctan2(up_here[1], up_here[0]))
+    air.append((vallecula, 0.2 * (1 - tip)))  # air pocket between tongue base and epiglottis
+    bone.append((epiglottis, 0.15))
+    if a.residue and t > a.swallow_onset + 0.6 * a.transit_time:  # barium left in the vallecula and pyriform sinus
+        pyriform = pharynx_line[np.searchsorted(levels, 0.74)] + back_here * 0.4 * a.pharynx_width
+        for blob in (_ellipse(centreline[4] - back_here * 0.012, (0.007, 0.014), np.arctan2(up_here[1], up_here[0])),
+                     _ellipse(pyriform, (0.008, 0.012), 0.3)):
+            labels["bolus"].append(blob)
+            barium.append((blob, 1.5))
+
+    # hyoid: small dense body with a greater horn reaching back and up; moves up and forward
+    hyoid_centre = (
+        pharynx_line[b_idx] - back_here * (a.pharynx_width + 0.06) + a.hyoid_offset + lift * a.hyoid_lift * up_fwd
+    )
+    hs = a.hyoid_size
+    hyoid_body = _ellipse(hyoid_centre, (0.02 * hs, 0.012 * hs), 0.4, 16)
+    horn = _tube(
+        np.stack([hyoid_centre + (0.01 + 0.045 * k) * hs * (0.92 * back_here + 0.4 * up_here) for k in (0, 0.5, 1)]),
+        np.array([0.0065, 0.005, 0.0035]) * hs,
+    )
+    labels["hyoid"] += [hyoid_body, horn]
+    bone += [(hyoid_body, 0.38), (horn, 0.25)]
+
+    # face: mandible (opens slightly while the bolus is taken in), teeth, hard palate, tongue and oral air
+    jaw = a.jaw_opening * _plateau(t, a.bolus_start - 0.08, a.swallow_onset - 0.05, 0.06)
+    condyle = np.array([0.42, 0.27]) + face
+    mandible = ((_MANDIBLE + face - condyle) * a.mandible_scale) @ _rotation(-jaw).T + condyle
+    mandible = _smooth(mandible, 2)
+    labels["mandible"].append(mandible)
+    bone.append((mandible, 0.5))
+    lower_teeth = (np.array([[0.0, 0.54], [0.1, 0.535], [0.2, 0.515]]) + face - condyle) * a.mandible_scale
+    bone.append((_tube(lower_teeth @ _rotation(-jaw).T + condyle, np.array([0.022, 0.026, 0.024])), 0.3))
+    upper_teeth = np.array([[0.0, 0.47], [0.1, 0.465], [0.2, 0.455]]) + face
+    bone.append((_tube(upper_teeth, np.array([0.024, 0.028, 0.025])), 0.3))
+    palate = _tube(np.array([[-0.05, 0.435], [0.15, 0.425], [0.33, 0.41]]) + face, np.array([0.008, 0.008, 0.005]))
+    bone.append((palate, 0.5))
+    tissue.append((_ellipse(np.array([0.24, 0.50]) + face, (0.16, 0.055), -0.15), 0.25))
+    air.append((_ellipse(np.array([0.22, 0.455]) + face, (0.11, 0.012), -0.08), 0.1 * (1 - 0.7 * lift)))
+
+    # extras that confuse: dense dots (fillings, earrings) and thin lines (glasses, head holder)
+    for cu, cv, r in a.dense_dots:
+        metal.append((_ellipse(np.array([cu, cv]), (r, r), 0.0, 12), 3.0))
+    for u0, v0, u1, v1 in a.lines:
+        metal.append((_tube(np.array([[u0, v0], [u1, v1]]), np.array([0.003, 0.003])), 0.8))
+    return _Scene(labels, tissue, bone, air, barium, metal)
+
+
+# --------------------------------------------------------------------------------------------- rendering
+
+
+def _rasterise(poly: np.ndarray, size: int) -> tuple[int, np.ndarray]:
+    """Pixels whose centres lie inside a polygon [N, 2] given in pixel (x, y): (first row r0, bool band [R, size]).
+
+    Scanline fill with the non-zero winding rule, vectorised over rows and edges.
+    """
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    r0 = max(int(np.ceil(y0.min())), 0)
+    r1 = min(int(np.floor(y0.max())), size - 1)
+    if r1 < r0 or x0.max() < 0 or x0.min() > size - 1:
+        return 0, np.zeros((0, size), dtype=bool)
+    rows = np.arange(r0, r1 + 1, dtype=np.float64)[:, None]
+    crosses = (rows >= np.minimum(y0, y1)) & (rows < np.maximum(y0, y1))
+    dy = np.where(y1 != y0, y1 - y0, 1.0)
+    xs = x0 + (rows - y0) * (x1 - x0) / dy
+    cols = np.clip(np.ceil(xs), 0, size).astype(np.int64)
+    index = np.arange(rows.shape[0])[:, None] * (size + 1) + cols
+    winding = np.broadcast_to(np.sign(y1 - y0), crosses.shape)
+    counts = np.bincount(index[crosses], weights=winding[crosses], minlength=rows.shape[0] * (size + 1))
+    band = np.cumsum(counts.reshape(-1, size + 1)[:, :size], axis=1) != 0
+    return r0, band
+
+
+def _to_pixels(points: np.ndarray, a: StudyAnatomy, t: float, size: int) -> np.ndarray:
+    """Canonical normalised points [N, 2] -> pixel (x, y) in the image at phase ``t``."""
+    amp, freq, phase = a.motion[:, 0], a.motion[:, 1], a.motion[:, 2]
+    motion = amp * np.sin(2 * np.pi * freq * t + phase)
+    posed = (points - _CENTRE) @ (a.scale * _rotation(a.rotation)).T + _CENTRE + a.shift + motion
+    return posed * size - 0.5
+
+
+def _paint(canvas: np.ndarray, layers: list[tuple[np.ndarray, float]], a: StudyAnatomy, t: float) -> np.ndarray:
+    size = canvas.shape[0]
+    for poly, value in layers:
+        r0, band = _rasterise(_to_pixels(poly, a, t, size), size)
+        canvas[r0 : r0 + band.shape[0]] += value * band
+    return canvas
+
+
+def _noise_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth random field [size, size] with unit-ish standard deviation and about ``cells`` blobs per side."""
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    return ndimage.zoom(coarse, size / cells, order=3, grid_mode=True, mode="mirror")[:size, :size]
+
+
+@functools.lru_cache(maxsize=4)
+def _textures(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A study's fixed soft-tissue and trabecular-bone textures, each [size, size] (cached across its frames)."""
+    rng = np.random.default_rng(seed)
+    soft, bone = _noise_field(rng, size, 10), _noise_field(rng, size, max(size // 6, 8))
+    soft.flags.writeable = bone.flags.writeable = False
+    return soft, bone
+
+
+def render_frame(
+    anatomy: StudyAnatomy,
+    t: float,
+    rng: np.random.Generator,
+    cfg: PhantomConfig = PhantomConfig(),
+    tasks: Sequence[str] = DEFAULT_TASKS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render the frame at swallow phase ``t`` in [0, 1].
+
+    Returns the image, uint8 [S, S] (dense is dark, black outside the circular field), and the labels,
+    uint8 {0, 1} [T, S, S] in ``tasks`` order. ``rng`` draws the quantum noise only.
+    """
+    tasks = check_tasks(tasks)
+    size = cfg.image_size
+    px = size / 256.0
+    scene = _build_scene(anatomy, t)
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    centre = anatomy.field_centre * size - 0.5
+    radius = np.hypot(xx - centre[0], yy - centre[1]) / (anatomy.field_radius * size)
+    in_field = radius <= 1.0
+
+    labels = np.zeros((len(tasks), size, size), dtype=np.uint8)
+    for k, name in enumerate(tasks):
+        for poly in scene.labels[name]:
+            r0, band = _rasterise(_to_pixels(poly, anatomy, t, size), size)
+            labels[k, r0 : r0 + band.shape[0]] |= band
+    labels &= in_field
+
+    low_texture, bone_texture = _textures(anatomy.texture_seed, size)
+
+    low = max(size // 4, 16)
+    tissue = _paint(np.zeros((low, low), np.float32), scene.tissue, anatomy, t)
+    tissue = ndimage.gaussian_filter(tissue, 0.02 * low)
+    tissue = ndimage.zoom(tissue, size / low, order=1, grid_mode=True, mode="nearest")[:size, :size]
+    bone = _paint(np.zeros((size, size), np.float32), scene.bone, anatomy, t)
+    bone += 1.2 * np.clip(bone - ndimage.gaussian_filter(bone, 1.5 * px), 0, None)  # cortical rim
+    air = ndimage.gaussian_filter(_paint(np.zeros((size, size), np.float32), scene.air, anatomy, t), 0.8 * px)
+    barium = ndimage.gaussian_filter(_paint(np.zeros((size, size), np.float32), scene.barium, anatomy, t), 1.2 * px)
+    metal = _paint(np.zeros((size, size), np.float32), scene.metal, anatomy, t)
+    mu = 0.55 * tissue * (1 + 0.12 * low_texture) + bone * (1 + 0.15 * bone_texture) - air + barium + metal
+    transmitted = np.exp(-anatomy.contrast * np.clip(mu, 0, None))
+
+    photons = anatomy.photons / px**2  # same dose per area at any image size
+    counts = rng.poisson(transmitted * photons).astype(np.float32) / photons
+    lift_speed = abs(_swallow_state(anatomy, t + 0.02)[0] - _swallow_state(anatomy, t - 0.02)[0]) / 0.5
+    sigma = anatomy.blur_px * px
+    image = ndimage.gaussian_filter(counts, (sigma + cfg.motion_blur_px * px * min(lift_speed, 1.0), sigma))
+    image = np.clip(anatomy.gain * image, 0, 1) ** anatomy.gamma
+    image *= (1 - anatomy.vignette * radius**2) * np.clip((1.0 - radius) * anatomy.field_radius * size, 0, 1)
+    return np.round(255 * image).astype(np.uint8), labels
+
+
+def simulate_study(
+    seed: int, cfg: PhantomConfig = PhantomConfig(), tasks: Sequence[str] = DEFAULT_TASKS
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One swallow: ``cfg.num_frames`` pairs (image uint8 [S, S], labels uint8 [T, S, S]), same seed -> same bytes."""
+    tasks = check_tasks(tasks)
+    rng = np.random.default_rng(seed)
+    anatomy = sample_anatomy(rng, cfg)
+    phases = np.linspace(0.0, 1.0, cfg.num_frames)
+    return [render_frame(anatomy, float(t), rng, cfg, tasks) for t in phases]
