@@ -29,7 +29,9 @@ def task_colours(num_tasks: int) -> np.ndarray:
     return np.concatenate([_PALETTE, (np.array(extra) * 255).astype(np.uint8)])
 
 
-def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: bool = True) -> np.ndarray:
+def overlay(
+    image: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: bool = True, colours: np.ndarray | None = None
+) -> np.ndarray:
     """Blend multi-label masks onto a grey frame.
 
     Args:
@@ -37,6 +39,7 @@ def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: 
         masks: ``[T, H, W]`` binary (overlapping allowed; later tasks are drawn on top).
         alpha: fill opacity.
         outline: draw each mask's boundary at full opacity.
+        colours: ``[T, 3]`` uint8 colours (default :func:`task_colours`).
 
     Returns:
         ``[H, W, 3]`` uint8 RGB.
@@ -45,7 +48,7 @@ def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: 
     if grey.max() <= 1.0:
         grey = grey * 255.0
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    colours = task_colours(len(masks)).astype(np.float32)
+    colours = (task_colours(len(masks)) if colours is None else np.asarray(colours)).astype(np.float32)
     for mask, colour in zip(np.asarray(masks) > 0.5, colours):
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
         if outline:

@@ -13,8 +13,10 @@ half-written file under the final name, and nothing is overwritten unless ``over
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 PathLike = str | os.PathLike
+logger = logging.getLogger(__name__)
 
 
 class DataFormatError(ValueError):
@@ -52,6 +55,22 @@ def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> It
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def keep_previous(path: PathLike) -> Path | None:
+    """Rename an existing ``path`` to ``<stem>.<modification time><suffix>`` so a new one can be written; returns it."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while kept.exists():
+        kept = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+        n += 1
+    os.replace(path, kept)
+    logger.info("kept the previous %s as %s", path, kept.name)
+    return kept
 
 
 def write_json(path: PathLike, obj: Any, overwrite: bool = False) -> None:

@@ -35,6 +35,8 @@ def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
 class LoadVFSSFramed(MapTransform):
     """Load ``image`` (grey PNG path) and ``label`` (NIfTI path) into canonical tensors.
 
+    Adds ``<image key>_path`` (str) and ``<image key>_shape`` (original ``[H, W]``) for writers.
+
     Args:
         keys: the image key and, optionally, the label key (in that order).
         image_size: output side S.
@@ -62,12 +64,13 @@ class LoadVFSSFramed(MapTransform):
                 raise KeyError(f"LoadVFSSFramed: key {key!r} is not in the data (keys: {sorted(map(str, d))}).")
             path = d[key]
             d[f"{key}_path"] = str(path)
-            d[key] = self._load_image(path) if i == 0 else self._load_label(path)
+            if i == 0:
+                frame = read_frame(path)
+                d[f"{key}_shape"] = torch.tensor(frame.shape)
+                d[key] = resize_image(torch.from_numpy(frame).float().div_(255.0)[None], self.image_size)
+            else:
+                d[key] = self._load_label(path)
         return d
-
-    def _load_image(self, path: str) -> torch.Tensor:
-        image = torch.from_numpy(read_frame(path)).float().div_(255.0)[None]
-        return resize_image(image, self.image_size)
 
     def _load_label(self, path: str) -> torch.Tensor:
         label = read_label(path)
