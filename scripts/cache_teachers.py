@@ -1,0 +1,67 @@
+"""Precompute teacher features for a datalist into the teacher feature store (resumable).
+
+    python scripts/cache_teachers.py --datalist data/phantom/datalist.json --teachers medsam,rad_dino \\
+        --teacher_dir weights/ --cache_dir cache/teachers --views 2 --grid 32 --batch_size 4 --device cuda:0
+    python scripts/cache_teachers.py --datalist data/phantom/datalist.json --teachers "['medsam','medclip']" \\
+        --preset tiny
+
+Re-running continues where an interrupted run stopped. Prints one line per teacher with its store folder and
+its size on disk per frame (all views).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import fire
+import torch
+
+from vfss_agglo_bundle.data.datalist import frame_key, load_datalist
+from vfss_agglo_bundle.data.io import read_json
+from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
+from vfss_agglo_bundle.teachers.registry import build_teachers
+from vfss_agglo_bundle.teachers.store import fill_store
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [str(v) for v in value]
+
+
+def cache(
+    datalist: str,
+    teachers: str | Sequence[str] = "medsam,rad_dino,medclip",
+    teacher_dir: str | None = None,
+    preset: str = "full",
+    cache_dir: str = "cache/teachers",
+    views: int = 1,
+    grid: int | Sequence[int] | None = None,
+    batch_size: int = 1,
+    device: str = "cpu",
+    splits: str | Sequence[str] = "training,validation",
+    image_size: int | None = None,
+    threads: int | None = None,
+) -> None:
+    """Fill the teacher feature store for the frames of ``splits`` and print bytes per frame per teacher."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    size = int(image_size or read_json(datalist)["image_size"])
+    items = [item for split in _names(splits) for item in load_datalist(datalist, split)]
+    loader = LoadVFSSFramed(keys=("image",), image_size=size)
+    built = build_teachers(_names(teachers), teacher_dir, preset)
+    readers = fill_store(built, items, cache_dir, lambda item: loader(item)["image"], views, grid, batch_size, device)
+    keys = [frame_key(item) for item in items]
+    print(f"{len(items)} frames x {views} views from {datalist} ({', '.join(_names(splits))}), image size {size}")
+    for name, reader in readers.items():
+        stored = [reader.path(k, v).stat().st_size for k in keys for v in range(views)]
+        per_frame = sum(stored) / max(len(keys), 1)
+        print(
+            f"{name:12s} {reader.directory}  dense {reader.dense_dim}x{reader.grid[0]}x{reader.grid[1]}  "
+            f"summary {reader.summary_dim}  {per_frame / 1024:.1f} KiB/frame  {sum(stored) / 2**20:.1f} MiB total"
+        )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    fire.Fire(cache)

@@ -1,0 +1,230 @@
+"""The frozen teacher interface shared by every teacher family.
+
+A teacher takes the canonical image batch ``[B, 1, H, W]`` (float in [0, 1]) and does its own resize, channel
+repeat and normalisation, following the preprocessing its weights were trained with. It returns a
+:class:`TeacherOutput` with a dense map ``[B, C, h, w]`` and, when the family has one, a summary ``[B, D]``.
+
+Every teacher carries a ``signature``: a sha256 over its name, architecture config, weights and preprocessing
+description. The feature store uses it as the cache key, so features are never reused across teachers that
+would produce different numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "Teacher",
+    "TeacherBuilder",
+    "TeacherOutput",
+    "check_state_keys",
+    "hash_state_dict",
+    "load_checked",
+    "load_state_file",
+    "make_signature",
+    "minmax_per_image",
+    "resize_square",
+    "seeded",
+]
+
+TINY_SEED = 0
+
+
+class TeacherOutput(NamedTuple):
+    """What a teacher returns: ``summary`` ``[B, D]`` (``None`` when the family has no global token) and
+    ``dense`` ``[B, C, h, w]``."""
+
+    summary: Tensor | None
+    dense: Tensor
+
+
+def hash_state_dict(state_dict: Mapping[str, Tensor]) -> str:
+    """sha256 hex digest over a state dict: keys in sorted order, each with dtype, shape and raw bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def make_signature(name: str, config: Mapping[str, Any], weights_hash: str, preprocessing: str) -> str:
+    """sha256 hex digest of a teacher's name, JSON config, weights hash and preprocessing description."""
+    payload = json.dumps(
+        {"name": name, "config": config, "weights": weights_hash, "preprocessing": preprocessing},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def seeded(seed: int = TINY_SEED) -> Iterator[None]:
+    """Run a block with the CPU RNG seeded, restoring the caller's RNG state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def resize_square(image: Tensor, size: int, mode: str = "bilinear") -> Tensor:
+    """Resize ``[B, C, H, W]`` to ``[B, C, size, size]`` (antialiased; a no-op when already that size)."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image
+    return F.interpolate(image, size=(size, size), mode=mode, antialias=True, align_corners=False)
+
+
+def minmax_per_image(image: Tensor, eps: float = 1e-8) -> Tensor:
+    """Rescale each image of ``[B, ...]`` to [0, 1] by its own min and max (MedSAM's normalisation)."""
+    flat = image.flatten(1)
+    low = flat.min(dim=1).values.view(-1, *[1] * (image.ndim - 1))
+    high = flat.max(dim=1).values.view(-1, *[1] * (image.ndim - 1))
+    return (image - low) / (high - low).clamp_min(eps)
+
+
+def load_state_file(path: Path) -> dict[str, Tensor]:
+    """Read a torch checkpoint on the CPU as a flat state dict.
+
+    Unwraps a training checkpoint (``{"model": ...}`` or ``{"state_dict": ...}``) and strips the ``module.``
+    prefix that DataParallel/DDP checkpoints carry. Tensors saved on CUDA are mapped to the CPU.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for unreadable or non-tensor pickles
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint of tensors ({type(e).__name__}: {e}); "
+            "re-save it with torch.save(model.state_dict(), path)."
+        ) from e
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_state_keys(expected: Sequence[str], found: Sequence[str], path: Path, what: str) -> None:
+    """Raise one ``ValueError`` naming ``path`` when the key sets differ (counts plus a few examples)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: the {what} weights do not match the architecture: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). "
+            "Check that the file is the right checkpoint for this teacher and preset."
+        )
+
+
+def load_checked(module: nn.Module, state: Mapping[str, Tensor], path: Path, what: str) -> None:
+    """Strictly load ``state`` into ``module``; a key or shape mismatch raises one ``ValueError`` naming ``path``."""
+    check_state_keys(list(module.state_dict()), list(state), path, what)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the {what} weights have other shapes than the architecture ({e}).") from e
+
+
+class Teacher(nn.Module):
+    """A frozen feature extractor.
+
+    Subclasses build their modules, set ``dense_dim``, ``grid`` and ``summary_dim``, then call
+    :meth:`_freeze` (which also computes ``signature``), and implement :meth:`preprocess` and :meth:`encode`.
+
+    Args:
+        name: registry name of the family (``medsam``, ``rad_dino``, ...).
+        config: JSON-serialisable architecture config (what, with the weights, defines the outputs).
+        preprocessing: human-readable description of the input pipeline; part of the signature.
+
+    Attributes:
+        dense_dim: channels C of the dense map.
+        grid: ``(h, w)`` of the dense map for the canonical input.
+        summary_dim: size D of the summary, or ``None``.
+        signature: sha256 hex digest of name + config + weights + preprocessing.
+    """
+
+    dense_dim: int
+    grid: tuple[int, int]
+    summary_dim: int | None
+    signature: str
+
+    def __init__(self, name: str, config: Mapping[str, Any], preprocessing: str) -> None:
+        super().__init__()
+        self.name = name
+        self.config = dict(config)
+        self.preprocessing = preprocessing
+
+    def _freeze(self) -> None:
+        """Freeze all parameters, switch to eval mode and compute the signature (call once, last in ``__init__``)."""
+        self.requires_grad_(False)
+        super().train(False)
+        weights_hash = hash_state_dict(self.state_dict())
+        self.signature = make_signature(self.name, self.config, weights_hash, self.preprocessing)
+
+    def train(self, mode: bool = True) -> Teacher:
+        """Teachers stay in eval mode whatever ``mode`` says (batch-norm statistics and dropout stay frozen)."""
+        return super().train(False)
+
+    def preprocess(self, image: Tensor) -> Tensor:
+        """Canonical ``[B, 1, H, W]`` in [0, 1] -> the network input this teacher's weights expect."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> TeacherOutput:
+        """Preprocessed network input -> :class:`TeacherOutput`."""
+        raise NotImplementedError
+
+    def forward(self, image: Tensor) -> TeacherOutput:
+        """``image`` ``[B, 1, H, W]`` float in [0, 1] -> summary ``[B, D]`` | None, dense ``[B, C, h, w]``."""
+        if image.ndim != 4 or image.shape[1] != 1:
+            raise ValueError(
+                f"teacher {self.name!r} expects a grey batch [B, 1, H, W], got shape {tuple(image.shape)}; "
+                "pass the canonical image with a batch dimension."
+            )
+        with torch.no_grad():
+            return self.encode(self.preprocess(image.float()))
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, dense_dim={self.dense_dim}, grid={self.grid}, summary_dim={self.summary_dim}, "
+            f"signature={self.signature[:12]}"
+        )
+
+
+@dataclass(frozen=True)
+class TeacherBuilder:
+    """How to build one teacher family.
+
+    Args:
+        build: ``(weights, preset) -> Teacher``; ``weights`` is the local file/folder, or ``None`` for random
+            weights (``tiny`` preset only) or shipped weights.
+        weights: default file or folder name under ``teacher_dir``; ``None`` when the weights ship with a package.
+        files: for a folder, the files it must hold; each entry lists accepted alternatives.
+        source: where the official weights come from (quoted in missing-weights errors).
+    """
+
+    build: Callable[[Path | None, str], Teacher]
+    weights: str | None
+    source: str
+    files: Sequence[Sequence[str]] = field(default_factory=tuple)
+
+    def __call__(self, weights: Path | None, preset: str) -> Teacher:
+        return self.build(weights, preset)
+
+    def missing(self, path: Path) -> list[str]:
+        """Paths (or alternatives) that must exist at ``path`` but do not."""
+        if not self.files:
+            return [] if path.is_file() else [str(path)]
+        return [
+            " or ".join(str(path / name) for name in group)
+            for group in self.files
+            if not any((path / name).is_file() for name in group)
+        ]

@@ -1,0 +1,402 @@
+"""On-disk store of precomputed teacher features, so distillation can run without loading any teacher.
+
+Layout (one folder per teacher and signature)::
+
+    <root>/<teacher name>-<signature[:12]>/
+        meta.json                      # full signature, name, dims, stored grid, views, pooling, dtype
+        <study>/<frame>.v<view>.safetensors
+
+Each ``.safetensors`` file holds one (frame, view): ``dense`` ``[C, h, w]`` float16 and, when the teacher has
+one, ``summary`` ``[D]`` float16. One file per item because it is written atomically (temporary file in the same
+folder, then ``os.replace``): a file that exists is complete, so completeness is checked by presence, an
+interrupted fill resumes where it stopped, and a reader never sees a half-written item. safetensors reads
+by memory map with a tiny header (no pickle, no zip), which keeps DataLoader workers fast; dense and summary
+travel in the same file so they can never disagree.
+
+Features are keyed by (teacher signature, frame key, view). View ``v`` of frame ``k`` is the teacher run on
+``apply_view(image, view_params(k, v, **view_strength))`` (see :mod:`vfss_agglo_bundle.data.views`); view 0 is
+the unaugmented frame. The dense map may be average-pooled to a coarser grid to save disk. A store whose
+``meta.json`` does not match the teacher (signature, grid, pooling, view strength) is refused, never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from vfss_agglo_bundle.data.datalist import frame_key
+from vfss_agglo_bundle.data.views import DEFAULT_VIEW_STRENGTH, apply_view, view_params
+from vfss_agglo_bundle.teachers.base import Teacher
+
+__all__ = ["LoadTeacherFeaturesd", "TeacherFeatureReader", "TeacherFeatureStore", "fill_store", "store_directory"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "vfss-agglo-teacher-features"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+GridSpec = int | Sequence[int] | None
+# meta.json fields that must match for a store to be reused; "views" may grow.
+COMPATIBLE_FIELDS = (
+    "format",
+    "version",
+    "name",
+    "signature",
+    "dense_dim",
+    "native_grid",
+    "grid",
+    "summary_dim",
+    "pooling",
+    "dtype",
+    "view_strength",
+)
+
+
+def store_directory(root: str | os.PathLike, name: str, signature: str) -> Path:
+    """``<root>/<name>-<signature[:12]>``: the folder of one teacher's features."""
+    return Path(root) / f"{name}-{signature[:12]}"
+
+
+def feature_path(directory: Path, key: str, view: int) -> Path:
+    """File of (frame ``key``, ``view``) in a store folder; ``key`` is a relative path like ``s000/0000``."""
+    parts = str(key).split("/")
+    if any(part in ("", ".", "..") or "\\" in part for part in parts):
+        raise ValueError(f"frame key {key!r} is not a relative path of plain names (like 's000/0000').")
+    return directory.joinpath(*parts[:-1], f"{parts[-1]}.v{int(view)}.safetensors")
+
+
+def stored_grid(native: Sequence[int], grid: GridSpec) -> tuple[int, int]:
+    """The grid to store: ``native`` when ``grid`` is None, else ``grid`` clipped to at most ``native`` per axis."""
+    if grid is None:
+        return (int(native[0]), int(native[1]))
+    target = (int(grid), int(grid)) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+    if min(target) < 1:
+        raise ValueError(f"grid must be positive, got {grid}.")
+    return (min(target[0], int(native[0])), min(target[1], int(native[1])))
+
+
+def _json_normal(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    path = directory / META_FILE
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is corrupt ({e}); delete {directory} and fill the store again.") from e
+
+
+class TeacherFeatureStore:
+    """Writes one teacher's features for datalist items to disk (resumable).
+
+    Args:
+        root: cache root (``cache/teachers``); the store lives in ``<root>/<name>-<signature[:12]>``.
+        teacher: the frozen teacher whose features are stored.
+        views: number of views per frame (view 0 is the identity).
+        grid: ``None`` keeps the teacher's native grid; an int or ``(h, w)`` average-pools the dense map down to
+            at most that grid (a teacher already at or below it is kept native, per axis).
+        view_strength: ``view_params`` keyword arguments (default ``DEFAULT_VIEW_STRENGTH``).
+
+    Raises:
+        ValueError: the folder holds a store whose ``meta.json`` does not match (other signature, grid,
+            pooling or view strength).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        teacher: Teacher,
+        views: int = 1,
+        grid: GridSpec = None,
+        view_strength: Mapping[str, Any] | None = None,
+    ) -> None:
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}.")
+        self.teacher = teacher
+        self.views = int(views)
+        self.grid = stored_grid(teacher.grid, grid)
+        self.view_strength = _json_normal(dict(view_strength or DEFAULT_VIEW_STRENGTH))
+        self.directory = store_directory(root, teacher.name, teacher.signature)
+        self.meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "name": teacher.name,
+            "signature": teacher.signature,
+            "dense_dim": int(teacher.dense_dim),
+            "native_grid": list(teacher.grid),
+            "grid": list(self.grid),
+            "summary_dim": teacher.summary_dim,
+            "pooling": "none" if self.grid == tuple(teacher.grid) else "adaptive_avg",
+            "dtype": "float16",
+            "view_strength": self.view_strength,
+            "views": self.views,
+            "preprocessing": teacher.preprocessing,
+            "layout": "<frame key>.v<view>.safetensors: dense [C,h,w] float16, summary [D] float16 if any",
+        }
+        self._open()
+
+    def _open(self) -> None:
+        meta_path = self.directory / META_FILE
+        if meta_path.is_file():
+            found = _read_meta(self.directory)
+            differ = [f for f in COMPATIBLE_FIELDS if found.get(f) != self.meta[f]]
+            if differ:
+                details = "; ".join(f"{f}: stored {found.get(f)!r}, wanted {self.meta[f]!r}" for f in differ)
+                raise ValueError(
+                    f"the teacher feature store {self.directory} does not match teacher {self.teacher.name!r} "
+                    f"({details}). Use another cache directory, or delete {self.directory} to recompute it."
+                )
+            self.meta["views"] = max(self.views, int(found.get("views", 1)))
+            if self.meta["views"] == found.get("views"):
+                return
+        _write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(self.meta, indent=2) + "\n"))
+
+    def path(self, key: str, view: int) -> Path:
+        """File of (frame ``key``, ``view``)."""
+        return feature_path(self.directory, key, view)
+
+    def pending(self, items: Iterable[Mapping]) -> list[tuple[Mapping, str, int]]:
+        """``(item, key, view)`` for every view of every item that is not on disk yet."""
+        return [
+            (item, key, view)
+            for item in items
+            for key in [frame_key(item)]
+            for view in range(self.views)
+            if not self.path(key, view).is_file()
+        ]
+
+    def fill(
+        self,
+        items: Iterable[Mapping],
+        image_loader: Callable[[Mapping], Tensor],
+        batch_size: int = 1,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> int:
+        """Compute and write the missing (frame, view) features; returns how many were written.
+
+        Args:
+            items: datalist items (need ``study`` and ``frame`` for the key, plus what ``image_loader`` reads).
+            image_loader: item -> canonical image ``[1, S, S]`` float in [0, 1] (the training transforms).
+            batch_size: views per teacher forward.
+            device: where the teacher runs (the teacher is moved there).
+            progress: show a tqdm bar.
+        """
+        todo = self.pending(items)
+        logger.info("teacher %s: %d views to compute in %s", self.teacher.name, len(todo), self.directory)
+        if not todo:
+            return 0
+        self.teacher.to(device)
+        cached: tuple[str, Tensor] | None = None
+        with tqdm(total=len(todo), desc=f"teacher {self.teacher.name}", unit="view", disable=not progress) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                images = []
+                for item, key, view in chunk:
+                    if cached is None or cached[0] != key:
+                        cached = (key, self._load(image_loader, item, key))
+                    images.append(apply_view(cached[1], view_params(key, view, **self.view_strength)))
+                out = self.teacher(torch.stack(images).to(device))
+                dense = out.dense
+                if tuple(dense.shape[-2:]) != self.grid:
+                    dense = F.adaptive_avg_pool2d(dense, self.grid)
+                for i, (_, key, view) in enumerate(chunk):
+                    summary = None if out.summary is None else out.summary[i]
+                    self._write(key, view, dense[i], summary)
+                bar.update(len(chunk))
+        return len(todo)
+
+    def _load(self, image_loader: Callable[[Mapping], Tensor], item: Mapping, key: str) -> Tensor:
+        image = torch.as_tensor(image_loader(item)).float()
+        if image.ndim != 3 or image.shape[0] != 1:
+            raise ValueError(
+                f"image_loader returned shape {tuple(image.shape)} for frame {key}; it must return the canonical "
+                "grey image [1, S, S] in [0, 1]."
+            )
+        return image
+
+    def _write(self, key: str, view: int, dense: Tensor, summary: Tensor | None) -> None:
+        tensors = {"dense": dense.detach().to("cpu", torch.float16).contiguous()}
+        if summary is not None:
+            tensors["summary"] = summary.detach().to("cpu", torch.float16).contiguous()
+        for name, tensor in tensors.items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(
+                    f"teacher {self.teacher.name} gave non-finite {name} values for {key} view {view} after the "
+                    "cast to float16 (overflow?); check the teacher and its input."
+                )
+        _write_atomic(self.path(key, view), lambda tmp: save_file(tensors, str(tmp)))
+
+    def reader(self) -> TeacherFeatureReader:
+        """A reader of this store."""
+        return TeacherFeatureReader(self.directory.parent, self.teacher.name, self.teacher.signature)
+
+
+class TeacherFeatureReader:
+    """Reads one teacher's stored features without loading the teacher (picklable, for DataLoader workers).
+
+    Args:
+        root: the cache root given to the store.
+        name: teacher name.
+        signature: the teacher's full signature; ``None`` picks the only store of ``name`` under ``root``.
+
+    Attributes:
+        meta: the store's ``meta.json``; ``dense_dim``, ``grid``, ``summary_dim``, ``views`` and
+            ``view_strength`` are read from it.
+    """
+
+    def __init__(self, root: str | os.PathLike, name: str, signature: str | None = None) -> None:
+        root = Path(root)
+        if signature is None:
+            found = sorted(p for p in root.glob(f"{name}-*") if (p / META_FILE).is_file())
+            if len(found) != 1:
+                raise FileNotFoundError(
+                    f"expected exactly one feature store for teacher {name!r} under {root}, found "
+                    f"{[p.name for p in found]}; pass the teacher signature, or fill the store "
+                    "(scripts/cache_teachers.py)."
+                )
+            self.directory = found[0]
+        else:
+            self.directory = store_directory(root, name, signature)
+        if not (self.directory / META_FILE).is_file():
+            raise FileNotFoundError(
+                f"no teacher feature store at {self.directory} (no {META_FILE}); fill it first with "
+                "scripts/cache_teachers.py or vfss_agglo_bundle.teachers.store.fill_store."
+            )
+        self.meta = _read_meta(self.directory)
+        if self.meta.get("name") != name or (signature is not None and self.meta.get("signature") != signature):
+            raise ValueError(
+                f"{self.directory / META_FILE} belongs to teacher {self.meta.get('name')!r} with signature "
+                f"{self.meta.get('signature')}, not {name!r} with {signature}; delete the folder and fill it again."
+            )
+        self.name = name
+        self.signature: str = self.meta["signature"]
+        self.dense_dim: int = self.meta["dense_dim"]
+        self.grid: tuple[int, int] = tuple(self.meta["grid"])
+        self.summary_dim: int | None = self.meta["summary_dim"]
+        self.views: int = self.meta["views"]
+        self.view_strength: dict[str, Any] = self.meta["view_strength"]
+
+    def path(self, key: str, view: int = 0) -> Path:
+        """File of (frame ``key``, ``view``)."""
+        return feature_path(self.directory, key, view)
+
+    def has(self, key: str, view: int = 0) -> bool:
+        """Whether (frame ``key``, ``view``) is stored."""
+        return self.path(key, view).is_file()
+
+    def missing(self, keys: Iterable[str], views: int | None = None) -> list[tuple[str, int]]:
+        """``(key, view)`` pairs among ``keys`` x ``range(views)`` (default: the store's views) not on disk."""
+        return [(k, v) for k in keys for v in range(self.views if views is None else views) if not self.has(k, v)]
+
+    def read(self, key: str, view: int = 0) -> dict[str, Tensor]:
+        """``{"dense": [C, h, w] float32, "summary": [D] float32 (if stored)}`` of (frame ``key``, ``view``)."""
+        path = self.path(key, view)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"teacher {self.name!r} has no features for frame {key!r} view {view} ({path}); fill the store "
+                f"for these items and views with scripts/cache_teachers.py."
+            )
+        return {name: tensor.float() for name, tensor in load_file(str(path)).items()}
+
+
+class LoadTeacherFeaturesd(MapTransform):
+    """Add stored teacher features to a data dict: ``f"{name}_dense"`` ``[C, h, w]`` and, when the teacher has
+    one, ``f"{name}_summary"`` ``[D]`` (float32), for every reader.
+
+    Args:
+        readers: teacher name -> :class:`TeacherFeatureReader`.
+        key_key: data key holding the frame key (``"s000/0000"``).
+        view_key: data key holding the view index; a dict without it is read as view 0 (the identity).
+        allow_missing_keys: pass through dicts that have no ``key_key``.
+    """
+
+    def __init__(
+        self,
+        readers: Mapping[str, TeacherFeatureReader],
+        key_key: Hashable = "frame_key",
+        view_key: Hashable = "view",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__([key_key], allow_missing_keys)
+        self.readers = dict(readers)
+        self.key_key = key_key
+        self.view_key = view_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if self.key_key not in d:
+            if self.allow_missing_keys:
+                return d
+            raise KeyError(
+                f"LoadTeacherFeaturesd: the data has no {self.key_key!r} entry (keys: {sorted(map(str, d))}); "
+                "add the frame key (vfss_agglo_bundle.data.datalist.frame_key) before this transform."
+            )
+        key, view = str(d[self.key_key]), int(d.get(self.view_key, 0))
+        for name, reader in self.readers.items():
+            features = reader.read(key, view)
+            d[f"{name}_dense"] = features["dense"]
+            if "summary" in features:
+                d[f"{name}_summary"] = features["summary"]
+        return d
+
+
+def fill_store(
+    teachers: Mapping[str, Teacher],
+    items: Sequence[Mapping],
+    root: str | os.PathLike,
+    image_loader: Callable[[Mapping], Tensor],
+    views: int = 1,
+    grid: GridSpec | Mapping[str, GridSpec] = None,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    view_strength: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, TeacherFeatureReader]:
+    """Fill (or resume) the store of every teacher for ``items`` and return a reader per teacher.
+
+    Args:
+        teachers: name -> frozen teacher.
+        items: datalist items.
+        root: cache root.
+        image_loader: item -> canonical image ``[1, S, S]``.
+        views: views per frame.
+        grid: upper bound on the stored grid (see :class:`TeacherFeatureStore`), or a mapping name -> grid.
+        batch_size: views per teacher forward.
+        device: where teachers run.
+        view_strength: ``view_params`` keyword arguments.
+        progress: show tqdm bars.
+    """
+    readers = {}
+    for name, teacher in teachers.items():
+        teacher_grid = grid.get(name) if isinstance(grid, Mapping) else grid
+        store = TeacherFeatureStore(root, teacher, views=views, grid=teacher_grid, view_strength=view_strength)
+        store.fill(items, image_loader, batch_size=batch_size, device=device, progress=progress)
+        readers[name] = store.reader()
+    return readers
