@@ -1,0 +1,127 @@
+"""The `training`, `evaluating` and `inferring` runs through the real config files, as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vfss_agglo_bundle.engines.pipeline import file_sha256
+from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--phantom_studies", "4", "--phantom_frames", "3", "--image_size", "64", "--teacher_preset", "tiny",
+        "--teachers", "['medsam','rad_dino','medclip']", "--distill_epochs", "2", "--seg_epochs", "2", "--val_interval", "1",
+        "--distill_batch_size", "2", "--seg_batch_size", "2"]
+
+
+def bundle(run_id: str, config: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m monai.bundle run <run_id> --config_file <config> ...` from the bundle root."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    result = bundle("training", "configs/train.yaml", "--bundle_root", str(root), *TINY)
+    return root, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_training_runs_every_stage_and_writes_outputs(trained):
+    root, log = trained
+    datalist = json.loads((root / "data/phantom/datalist.json").read_text())
+    assert len(datalist["tasks"]) == 12 and datalist["training"] and datalist["test"]
+    assert sorted(p.name.split("-")[0] for p in (root / "cache/teachers").iterdir()) == ["medclip", "medsam", "rad_dino"]
+    for stage in ("distillation", "segmentation"):
+        record = json.loads((root / f"models/{stage}.done.json").read_text())
+        for name, digest in record["outputs"].items():
+            assert file_sha256(root / "models" / name) == digest
+    net = VFSSSegmenter("efficientvit_b0", num_classes=12)
+    net.load_state_dict(torch.load(root / "models/model.pt", map_location="cpu", weights_only=True))
+    encoder = torch.load(root / "models/student_encoder.pt", map_location="cpu", weights_only=True)
+    assert set(encoder) == set(net.encoder.state_dict())
+    report = json.loads((root / "eval/report.json").read_text())
+    assert [r["task"] for r in report["rows"]] == datalist["tasks"] + ["mean"]
+    mean = report["rows"][-1]
+    assert 0.0 <= mean["dice"] <= 1.0 and mean["hd95"] >= 0.0
+    assert mean["dice"] == pytest.approx(np.mean([r["dice"] for r in report["rows"][:-1]]))
+    assert report["num_frames"] == len(datalist["test"])
+    assert (root / "eval/overlays/mandible_best.png").exists() and (root / "eval/report.md").read_text().count("|") > 50
+    assert "stage distillation: running" in log and "loss_medsam" in log
+
+
+@pytest.mark.slow
+def test_training_again_skips_finished_stages_and_keeps_outputs(trained):
+    root, _ = trained
+    before = file_sha256(root / "models/model.pt")
+    log = bundle("training", "configs/train.yaml", "--bundle_root", str(root), *TINY)
+    text = log.stdout + log.stderr
+    assert "skipping phantom generation" in text
+    assert "stage distillation: outputs found" in text and "stage segmentation: outputs found" in text
+    assert file_sha256(root / "models/model.pt") == before
+
+
+@pytest.mark.slow
+def test_evaluating_writes_a_report_and_keeps_the_previous_one(trained):
+    root, _ = trained
+    bundle("evaluating", "configs/evaluate.yaml", "--bundle_root", str(root), "--image_size", "64",
+           "--eval_split", "validation")
+    report = json.loads((root / "eval/report.json").read_text())
+    datalist = json.loads((root / "data/phantom/datalist.json").read_text())
+    assert report["num_frames"] == len(datalist["validation"])
+    assert len(list((root / "eval").glob("report.*.json"))) >= 1  # the earlier test-split report was kept
+
+
+@pytest.mark.slow
+def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path):
+    root, _ = trained
+    frames = tmp_path / "frames"
+    (frames / "studyA").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 96), dtype=np.uint8)).save(frames / f"studyA/{i}.png")
+    out = tmp_path / "out"
+    args = ["--bundle_root", str(root), "--image_size", "64", "--input", str(frames), "--output_dir", str(out)]
+    bundle("inferring", "configs/inference.json", *args)
+    masks = sorted((out / "masks/studyA").glob("*.nii.gz"))
+    assert len(masks) == 3 and nib.load(str(masks[0])).shape == (96, 80, 12)  # [W, H, T] at the frame's own size
+    assert len(list((out / "overlays/studyA").glob("*.png"))) == 3
+    assert (out / "videos/studyA.gif").stat().st_size > 0
+    again = bundle("inferring", "configs/inference.json", *args, check=False)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr  # earlier outputs are never replaced
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--teachers", "['medsam','dinov9']"], "unknown teacher 'dinov9'; known teachers"),
+        (["--teachers", "['medsam']", "--teacher_preset", "full"], "medsam_vit_b.pth"),
+        (["--teacher_preset", "huge"], "unknown teacher preset 'huge'"),
+    ],
+)
+def test_bad_teacher_settings_stop_before_any_work(tmp_path, override, message):
+    result = bundle("training", "configs/train.yaml", "--bundle_root", str(tmp_path), *override, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()
+
+
+def test_task_list_that_does_not_match_the_datalist_fails_fast(tmp_path):
+    from vfss_agglo_bundle.data.prepare import synthesize_dataset
+
+    synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, image_size=64)
+    result = bundle("training", "configs/train.yaml", "--bundle_root", str(tmp_path), "--teachers", "[]",
+                    "--tasks", "['bolus','pharynx']", check=False)
+    assert result.returncode != 0
+    assert "was built for tasks" in result.stderr and "set `tasks` in the config" in result.stderr
+    assert not (tmp_path / "models").exists()

@@ -1,0 +1,70 @@
+"""A resume checkpoint that is written atomically and reloaded on start."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from vfss_agglo_bundle.data.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeCheckpoint:
+    """Save ``objects`` (model, optimizer, scheduler, engine, ...) to one file every epoch; reload it on start.
+
+    Args:
+        path: checkpoint file (``.pt``). Written to a temporary file and renamed, so a crash mid-save keeps the
+            previous checkpoint intact.
+        objects: name -> object with ``state_dict``/``load_state_dict`` (model, optimizer, scheduler, ...); the
+            engine the handler is attached to is added as ``engine``, so its epoch and iteration resume too.
+        fingerprint: describes the run's configuration; a checkpoint with another fingerprint is refused
+            (e.g. written for other teachers or another backbone) instead of being loaded into the wrong run.
+        every_epochs: save interval in epochs.
+
+    Only rank 0 writes. Resumes are exact at epoch boundaries (see :class:`~vfss_agglo_bundle.handlers.seeding.EpochSeed`).
+    """
+
+    def __init__(self, path: str | os.PathLike, objects: Mapping[str, Any], fingerprint: str = "", every_epochs: int = 1) -> None:
+        self.path = Path(path)
+        self.objects = dict(objects)
+        self.fingerprint = fingerprint
+        self.every_epochs = int(every_epochs)
+
+    def attach(self, engine: Engine) -> None:
+        self.objects["engine"] = engine
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_epochs), self.save)
+
+    def load(self, engine: Engine) -> None:
+        if not self.path.exists():
+            return
+        checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        found = checkpoint.get("fingerprint", "")
+        if found != self.fingerprint:
+            raise ValueError(
+                f"resume checkpoint {self.path} was written by a different configuration "
+                f"({found[:80]!r} != {self.fingerprint[:80]!r}); delete it or choose another ckpt_dir."
+            )
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(self.objects, checkpoint["objects"])
+        engine.state.max_epochs = max_epochs  # a longer run may continue a shorter one
+        logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)
+
+    def save(self, engine: Engine) -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+            return
+        objects = {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
+        with atomic_path(self.path, overwrite=True, suffix=".pt") as tmp:
+            torch.save({"fingerprint": self.fingerprint, "objects": objects}, tmp)
+
+
+def _unwrap(obj: Any) -> Any:
+    return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj

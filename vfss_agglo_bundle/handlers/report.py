@@ -1,0 +1,125 @@
+"""Writes the 12-task evaluation report (CSV, JSON, Markdown) and best/worst overlay pictures per task."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ignite.engine import Engine, Events
+
+from vfss_agglo_bundle.data.io import atomic_path, keep_previous, write_json
+from vfss_agglo_bundle.engines.multitask_evaluator import METRICS, segmentation_scores
+from vfss_agglo_bundle.visualize import contact_sheet, overlay, save_png, task_colours
+
+logger = logging.getLogger(__name__)
+
+EMPTY_POLICY = (
+    "per frame and task: both masks empty -> Dice 1, IoU 1, HD95 0; exactly one empty -> Dice 0, IoU 0, "
+    "HD95 = image diagonal (pixels); averaged over frames, then over tasks for the mean"
+)
+
+
+class MultiTaskReport:
+    """Attach to a MONAI evaluator whose step output holds ``image``, ``pred`` (binary) and ``label`` per frame.
+
+    At the end of the run it writes ``<output_dir>/report.{json,csv,md}`` from ``engine.state.metrics[metric_name]``
+    (a :class:`~vfss_agglo_bundle.engines.multitask_evaluator.MultiTaskSegMetrics` with ``reduce="all"``) and, per
+    task, ``overlays/<task>_best.png`` and ``<task>_worst.png`` (label | prediction) among frames where the task is
+    present in the label or the prediction. Earlier reports are kept under a timestamped name.
+
+    Args:
+        output_dir: report folder.
+        tasks: task names.
+        metric_name: name of the per-task metric in ``engine.state.metrics``.
+        overlays: write the best/worst pictures.
+    """
+
+    def __init__(self, output_dir: str, tasks: Sequence[str], metric_name: str = "multitask", overlays: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.tasks = list(tasks)
+        self.metric_name = metric_name
+        self.overlays = overlays
+        self._best: dict[int, tuple] = {}
+        self._worst: dict[int, tuple] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._track)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._best, self._worst, self._frames = {}, {}, 0
+
+    def _track(self, engine: Engine) -> None:
+        outputs = engine.state.output
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(outputs)
+        self._frames += len(outputs)
+        if not self.overlays:
+            return
+        for item, data in zip(outputs, batch):
+            pred, label = item["pred"].detach().cpu(), item["label"].detach().cpu()
+            dice = segmentation_scores(pred[None], label[None], hd95=False)["dice"][0]
+            name = Path(str(data.get("image_path", "frame"))).as_posix().split("/")[-2:]
+            for t in range(len(self.tasks)):
+                if not (pred[t].any() or label[t].any()):
+                    continue
+                record = (float(dice[t]), "/".join(name), item["image"].detach().cpu(), label[t], pred[t])
+                if t not in self._best or record[0] > self._best[t][0]:
+                    self._best[t] = record
+                if t not in self._worst or record[0] < self._worst[t][0]:
+                    self._worst[t] = record
+
+    def _write(self, engine: Engine) -> None:
+        metrics = engine.state.metrics[self.metric_name]
+        rows = [{"task": t, **{m: metrics[f"{m}_{t}"] for m in METRICS if f"{m}_{t}" in metrics}} for t in self.tasks]
+        rows.append({"task": "mean", **{m: metrics[f"mean_{m}"] for m in METRICS if f"mean_{m}" in metrics}})
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        report = {"num_frames": self._frames, "tasks": self.tasks,
+                  "rows": rows, "empty_masks": EMPTY_POLICY}
+        for name in ("report.json", "report.csv", "report.md"):
+            keep_previous(self.output_dir / name)
+        write_json(self.output_dir / "report.json", report)
+        _write_text(self.output_dir / "report.csv", _csv(rows))
+        _write_text(self.output_dir / "report.md", markdown_table(rows) + f"\n\nEmpty masks: {EMPTY_POLICY}.\n")
+        if self.overlays:
+            self._write_overlays()
+        logger.info("12-task report (%d tasks, mean Dice %.4f) written to %s", len(self.tasks),
+                    rows[-1].get("dice", float("nan")), self.output_dir)
+
+    def _write_overlays(self) -> None:
+        folder = self.output_dir / "overlays"
+        for which, records in (("best", self._best), ("worst", self._worst)):
+            for t, (dice, name, image, label, pred) in records.items():
+                grey = image[0].numpy()
+                colour = task_colours(len(self.tasks))[t : t + 1]
+                tiles = [overlay(grey, mask[None].numpy(), colours=colour) for mask in (label, pred)]
+                titles = [f"{self.tasks[t]} label {name}", f"prediction Dice {dice:.3f}"]
+                save_png(folder / f"{self.tasks[t]}_{which}.png", contact_sheet(tiles, titles, cols=2))
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """Rows of ``{"task", "dice", "iou", "hd95"}`` as a Markdown table."""
+    cols = [m for m in METRICS if m in rows[0]]
+    head = "| task | " + " | ".join("HD95 (px)" if c == "hd95" else c.capitalize() if c != "iou" else "IoU" for c in cols) + " |"
+    lines = [head, "|---" * (len(cols) + 1) + "|"]
+    for row in rows:
+        cells = [f"{row[c]:.2f}" if c == "hd95" else f"{row[c]:.4f}" for c in cols]
+        task = f"**{row['task']}**" if row["task"] == "mean" else row["task"]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv(rows: Sequence[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path, overwrite=True, suffix=path.suffix) as tmp:
+        tmp.write_text(text)
