@@ -1,0 +1,110 @@
+"""Model Zoo readiness (metadata, network in/out, TorchScript) and using the bundle from another project."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+META = json.loads((ROOT / "configs/metadata.json").read_text())
+
+
+def test_metadata_matches_the_schema_and_zoo_rules():
+    schema = json.loads((ROOT / "tests/data/bundle_metadata_schema.json").read_text())
+    jsonschema.validate(META, schema)
+    assert META["version"] in META["changelog"]  # Zoo CI: the version must be described
+    assert (ROOT / "metadata.json").is_symlink() and os.readlink(ROOT / "metadata.json") == "configs/metadata.json"
+    for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/inference.json"):
+        assert (ROOT / name).is_file(), name
+
+
+def test_metadata_agrees_with_the_configs():
+    common = yaml.safe_load((ROOT / "configs/common.yaml").read_text())
+    inference = json.loads((ROOT / "configs/inference.json").read_text())
+    pred = META["network_data_format"]["outputs"]["pred"]
+    assert list(pred["channel_def"].values()) == common["tasks"] == inference["tasks"]
+    assert pred["num_channels"] == len(common["tasks"])
+    assert common["student"] == inference["student"] and common["image_size"] == inference["image_size"]
+    assert META["pytorch_version"] == torch.__version__.split("+")[0]
+
+
+def test_verify_net_in_out_passes_on_network_def():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(ROOT / "configs/metadata.json"),
+                      config_file=str(ROOT / "configs/inference.json"), n=8, any=8)
+
+
+def test_ckpt_export_gives_a_torchscript_model_equal_to_eager(tmp_path):
+    from monai.bundle import ckpt_export
+
+    net = VFSSSegmenter().eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+                meta_file=str(ROOT / "configs/metadata.json"), config_file=str(ROOT / "configs/inference.json"))
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture
+def outside_bundle(tmp_path):
+    """A copy of the bundle (configs, docs, a trained-looking model.pt) outside the repository, as a user gets it."""
+    bundle = tmp_path / "bundles" / "vfss_agglo"
+    shutil.copytree(ROOT / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(VFSSSegmenter().state_dict(), bundle / "models/model.pt")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 280), dtype=np.uint8)).save(frames / "0000.png")
+    work = tmp_path / "other_project"
+    work.mkdir()
+    return bundle, frames, work
+
+
+def test_another_project_loads_the_bundle_and_runs_inference(outside_bundle, monkeypatch):
+    import monai.bundle
+
+    import vfss_agglo_bundle
+
+    bundle, frames, work = outside_bundle
+    monkeypatch.chdir(work)  # nothing below may rely on the repository being the working directory
+    assert vfss_agglo_bundle.DEFAULT_TASKS[0] == "bolus"
+    net = monai.bundle.load(name="vfss_agglo", bundle_dir=str(bundle.parent), workflow_type="inference")
+    assert isinstance(net, VFSSSegmenter)
+    expected = torch.load(bundle / "models/model.pt", weights_only=True)
+    assert all(torch.equal(v, expected[k]) for k, v in net.state_dict().items())
+    workflow = monai.bundle.ConfigWorkflow(
+        config_file=str(bundle / "configs/inference.json"), meta_file=str(bundle / "configs/metadata.json"),
+        logging_file=False, workflow_type="infer", run_id="inferring", bundle_root=str(bundle),
+        input=str(frames), output_dir=str(work / "out"),
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    masks = list((work / "out/masks").rglob("*.nii.gz"))
+    assert len(masks) == 1 and (work / "out/overlays").is_dir()
+    import nibabel as nib
+
+    assert nib.load(str(masks[0])).shape == (280, 300, 12)
+
+
+def test_the_bundle_command_line_works_from_another_folder(outside_bundle):
+    bundle, frames, work = outside_bundle
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(bundle / "configs/inference.json"),
+           "--bundle_root", str(bundle), "--input", str(frames), "--output_dir", str(work / "cli_out")]
+    subprocess.run(cmd, cwd=work, check=True, capture_output=True, timeout=300)
+    assert len(list((work / "cli_out/overlays").rglob("*.png"))) == 1
