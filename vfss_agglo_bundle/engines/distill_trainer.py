@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from monai.engines import SupervisedTrainer
+from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch import nn
@@ -74,9 +75,10 @@ class DistillationTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.balancer = balancer
-        self.teachers = dict(teachers or {})
+        self.teachers = {name: teacher.to(device) for name, teacher in (teachers or {}).items()}
         self.teacher_names = list(loss_function.teacher_names)
         self.grad_clip = grad_clip
+        self.add_event_handler(Events.STARTED, lambda _: self._broadcast_balancer())
 
     def _targets(self, batchdata: Mapping[str, Any], image: torch.Tensor) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
         targets = {}
@@ -96,6 +98,12 @@ class DistillationTrainer(SupervisedTrainer):
                 summary = summary.to(self.state.device, non_blocking=self.non_blocking).float()
             targets[name] = (summary, dense)
         return targets
+
+    def _broadcast_balancer(self) -> None:
+        """Start every rank from rank 0's balancer parameters (DDP does this for the network only)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for p in self.balancer.parameters():
+                dist.broadcast(p.data, src=0)
 
     def _sync_balancer_grads(self) -> None:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -125,7 +133,10 @@ class DistillationTrainer(SupervisedTrainer):
     def _iteration(self, engine: DistillationTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        # a plain tensor: a MetaTensor would make the losses, and so the balancer's buffers, MetaTensors that the
+        # resume checkpoint cannot be read back from (torch.load with weights_only=True refuses them)
         image = batchdata[Keys.IMAGE].to(engine.state.device, non_blocking=engine.non_blocking)
+        image = image.as_subclass(torch.Tensor)
         engine.state.output = {Keys.IMAGE: image}
 
         def _forward_and_loss() -> torch.Tensor:

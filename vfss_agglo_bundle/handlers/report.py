@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from ignite.engine import Engine, Events
 
 from vfss_agglo_bundle.data.io import atomic_path, keep_previous, write_json
@@ -73,6 +74,8 @@ class MultiTaskReport:
                     self._worst[t] = record
 
     def _write(self, engine: Engine) -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+            return
         metrics = engine.state.metrics[self.metric_name]
         rows = [{"task": t, **{m: metrics[f"{m}_{t}"] for m in METRICS if f"{m}_{t}" in metrics}} for t in self.tasks]
         rows.append({"task": "mean", **{m: metrics[f"mean_{m}"] for m in METRICS if f"mean_{m}" in metrics}})

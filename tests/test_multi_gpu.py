@@ -1,0 +1,133 @@
+"""configs/multi_gpu_train.yaml: the DDP overlay of the `training` run, checked against train.yaml and run with two
+processes on the CPU (gloo) through torchrun, as a user runs it on GPUs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vfss_agglo_bundle.data.io import read_json
+from vfss_agglo_bundle.engines.pipeline import file_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERLAY = ROOT / "configs/multi_gpu_train.yaml"
+LOGGING_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "vfss_agglo_bundle.handlers.ProgressBar"}
+TINY = ["--phantom_studies", "4", "--phantom_frames", "4", "--image_size", "64", "--teacher_preset", "tiny",
+        "--teachers", "['medsam','rad_dino','medclip']", "--distill_epochs", "2", "--seg_epochs", "2",
+        "--val_interval", "1", "--distill_batch_size", "2", "--seg_batch_size", "2"]
+
+# Appended to each stage's handlers: at every epoch end each rank saves its own copy of what it trains.
+RANK_DUMPS = """
+copy_of: "$lambda m: {'params': {k: v.detach().as_subclass(torch.Tensor).clone() for k, v in m.named_parameters()},
+  'buffers': {k: v.as_subclass(torch.Tensor).clone() for k, v in m.named_buffers()}}"
+rank_file: "$lambda stage: @bundle_root + '/rank' + str(dist.get_rank()) + '_' + stage + '.pt'"
++distill#handlers:
+  - _target_: StatsHandler
+    iteration_log: false
+    epoch_print_logger: "$lambda engine: torch.save({'model': @copy_of(@distill#model),
+      'balancer': @copy_of(@distill#balancer)}, @rank_file('distillation'))"
++train#handlers:
+  - _target_: StatsHandler
+    iteration_log: false
+    epoch_print_logger: "$lambda engine: torch.save({'model': @copy_of(@network_def)}, @rank_file('segmentation'))"
+"""
+
+
+def _yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_overlay_disables_only_logging_handlers_and_keeps_the_initialisation():
+    train, overlay = _yaml(ROOT / "configs/train.yaml"), _yaml(OVERLAY)
+    disabled: dict[str, set[int]] = {}
+    for key, value in overlay.items():
+        match = re.fullmatch(r"(\w+)#handlers#(\d+)#_disabled_", key)
+        if match:
+            assert value == "$dist.get_rank() > 0", key
+            disabled.setdefault(match[1], set()).add(int(match[2]))
+    assert set(disabled) == {"distill", "train", "validate"}
+    for section in ("distill", "train", "validate"):
+        handlers = train[section]["handlers"]
+        logging_ones = {i for i, h in enumerate(handlers) if h["_target_"] in LOGGING_HANDLERS}
+        assert disabled[section] == logging_ones, (section, [h["_target_"] for h in handlers])
+    # an overlay replaces whole top-level keys: every step of train.yaml's initialize must still be there
+    assert set(train["initialize"]) <= set(overlay["initialize"])
+    assert overlay["finalize"] == ["$dist.is_initialized() and dist.destroy_process_group()"]
+    assert "DistributedDataParallel" in overlay["distill#network"]["_target_"]
+    assert "DistributedDataParallel" in overlay["network"]["_target_"]
+    # the overlay rebuilds common.yaml's `test` block key by key (it is a macro in train.yaml): none may be missing
+    common_test = _yaml(ROOT / "configs/common.yaml")["test"]
+    assert train["test"] == "%configs/common.yaml::test"
+    assert set(overlay["test"]) == set(common_test) | {"all_handlers"}
+    for key in set(common_test) - {"handlers"}:
+        assert overlay["test"][key] == f"%configs/common.yaml::test#{key}", key
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_equal(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{what}: {different[:5]}"
+
+
+def _flat(copy: dict) -> dict:
+    """A ``copy_of`` dump as a state dict."""
+    return {**copy["params"], **copy["buffers"]}
+
+
+@pytest.mark.slow
+def test_two_processes_on_cpu_train_identical_students(tmp_path):
+    dumps = tmp_path / "rank_dumps.yaml"
+    dumps.write_text(RANK_DUMPS)
+    root = tmp_path / "bundle"
+    configs = f"['configs/train.yaml','configs/multi_gpu_train.yaml','{dumps}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "training", "--config_file", configs, "--bundle_root", str(root), *TINY]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:]
+
+    models = root / "models"
+    stages = ("distillation", "segmentation")
+    ranks = {stage: [_state(root / f"rank{r}_{stage}.pt") for r in (0, 1)] for stage in stages}
+    for stage, outputs in (("distillation", ["student_encoder.pt"]), ("segmentation", ["model.pt"])):
+        record = read_json(models / f"{stage}.done.json")
+        assert record["outputs"] == {name: file_sha256(models / name) for name in outputs}
+        assert log.count(f"stage {stage}: done") == 1  # logged by rank 0 only
+        rank0, rank1 = (dump["model"] for dump in ranks[stage])
+        _assert_equal(rank0["params"], rank1["params"], f"{stage}: parameters of rank 0 and rank 1")
+        # BatchNorm running statistics are per rank under DDP (rank 0's are saved); every other buffer is shared
+        shared = [k for k in rank0["buffers"] if not k.endswith(("running_mean", "running_var"))]
+        _assert_equal({k: rank0["buffers"][k] for k in shared}, {k: rank1["buffers"][k] for k in shared},
+                      f"{stage}: buffers of rank 0 and rank 1")
+
+    # the balancer (outside DDP, its gradients averaged by the trainer) is the same on both ranks
+    balancer0, balancer1 = (_flat(dump["balancer"]) for dump in ranks["distillation"])
+    _assert_equal(balancer0, balancer1, "balancer of rank 0 and rank 1")
+    saved = _state(models / "distillation_resume.pt")["objects"]["balancer"]
+    _assert_equal(saved, {k: balancer0[k] for k in saved}, "balancer in the resume checkpoint vs rank 0's")
+
+    # what rank 0 saved is what it trained
+    trained = _flat(ranks["distillation"][0]["model"])
+    student = {k.removeprefix("student."): v for k, v in trained.items() if k.startswith("student.")}
+    _assert_equal(_state(models / "student_encoder.pt"), student, "student_encoder.pt vs rank 0's student")
+    final = _state(models / "segmentation_resume.pt")["objects"]["model"]
+    _assert_equal(final, _flat(ranks["segmentation"][0]["model"]), "segmentation_resume.pt vs rank 0's segmenter")
+
+    # one writer: one report and no kept copies, TensorBoard files of a single process
+    assert sorted(p.name for p in (root / "eval").glob("report*")) == ["report.csv", "report.json", "report.md"]
+    test_frames = len(read_json(root / "data/phantom/datalist.json")["test"])
+    assert read_json(root / "eval/report.json")["num_frames"] == test_frames  # every test frame, counted once
+    events = list((root / "logs").rglob("events.out.tfevents.*"))
+    assert events and len({p.name.rsplit(".", 2)[1] for p in events}) == 1, [p.name for p in events]  # <host>.<pid>.<n>
