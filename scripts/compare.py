@@ -16,8 +16,13 @@ import fire
 from vfss_agglo_bundle.compare import compare, default_teacher_sets
 
 
-def main(teachers: list = ("litemedsam",), sets: dict | None = None, teacher_dir: str | None = None,
-         out_dir: str = "eval/compare", overrides: list = ()) -> str:
+def main(
+    teachers: list = ("litemedsam",),
+    sets: dict | None = None,
+    teacher_dir: str | None = None,
+    out_dir: str = "eval/compare",
+    overrides: list = (),
+) -> str:
     """Train scratch, each teacher alone and all together (or the given ``sets``); print the table path."""
     teacher_sets = sets if sets is not None else default_teacher_sets(list(teachers))
     extra = [str(o) for o in overrides] + (["--teacher_dir", teacher_dir] if teacher_dir else [])

@@ -1,10 +1,10 @@
 """Prepare VFSS data in the bundle's format.
 
-    python scripts/prepare_data.py synth --out_dir data/phantom --studies 12 --frames 24
-    python scripts/prepare_data.py import_masks --src export/ --out_dir data/vfss
-    python scripts/prepare_data.py import_video --video swallow.mp4 --out_dir data/frames
-    python scripts/prepare_data.py validate --datalist data/phantom/datalist.json
-    python scripts/prepare_data.py preview --datalist data/phantom/datalist.json --out docs/phantom_preview.png
+python scripts/prepare_data.py synth --out_dir data/phantom --studies 12 --frames 24
+python scripts/prepare_data.py import_masks --src export/ --out_dir data/vfss
+python scripts/prepare_data.py import_video --video swallow.mp4 --out_dir data/frames
+python scripts/prepare_data.py validate --datalist data/phantom/datalist.json
+python scripts/prepare_data.py preview --datalist data/phantom/datalist.json --out docs/phantom_preview.png
 """
 
 from __future__ import annotations
@@ -19,20 +19,39 @@ from vfss_agglo_bundle.data.datalist import validate_datalist
 from vfss_agglo_bundle.tasks import DEFAULT_TASKS
 
 
-def synth(out_dir: str, studies: int = 12, frames: int = 24, image_size: int = 256, seed: int = 0,
-          ratios: tuple = (0.7, 0.15, 0.15), tasks: list = list(DEFAULT_TASKS)) -> str:
+def synth(
+    out_dir: str,
+    studies: int = 12,
+    frames: int = 24,
+    image_size: int = 256,
+    seed: int = 0,
+    ratios: tuple = (0.7, 0.15, 0.15),
+    tasks: tuple = DEFAULT_TASKS,
+) -> str:
     """Write a phantom dataset (studies x frames) and its datalist split by study."""
     return str(prepare.synthesize_dataset(out_dir, studies, frames, image_size, seed, ratios, tasks))
 
 
-def import_masks(src: str, out_dir: str, tasks: list = list(DEFAULT_TASKS), frames_dir: str = "frames",
-                 masks_dir: str = "masks", mask_pattern: str = "{frame}_{task}.png", image_size: int | None = None,
-                 ratios: tuple = (0.7, 0.15, 0.15), seed: int = 0) -> str:
+def import_masks(
+    src: str,
+    out_dir: str,
+    tasks: tuple = DEFAULT_TASKS,
+    frames_dir: str = "frames",
+    masks_dir: str = "masks",
+    mask_pattern: str = "{frame}_{task}.png",
+    image_size: int | None = None,
+    ratios: tuple = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> str:
     """Convert src/<study>/frames/<frame>.png + src/<study>/masks/<frame>_<task>.png into the bundle format."""
-    return str(prepare.import_mask_folder(src, out_dir, tasks, frames_dir, masks_dir, mask_pattern, image_size, ratios, seed))
+    return str(
+        prepare.import_mask_folder(src, out_dir, tasks, frames_dir, masks_dir, mask_pattern, image_size, ratios, seed)
+    )
 
 
-def import_video(video: str, out_dir: str, study: str | None = None, every: int = 1, image_size: int | None = None) -> int:
+def import_video(
+    video: str, out_dir: str, study: str | None = None, every: int = 1, image_size: int | None = None
+) -> int:
     """Extract grey PNG frames from a video file into out_dir/images/<study>/."""
     return len(prepare.import_video_frames(video, out_dir, study, every, image_size))
 
@@ -47,12 +66,21 @@ def validate(datalist: str, tasks: list | None = None) -> None:
     print(f"{datalist}: OK")
 
 
-def preview(datalist: str, out: str, split: str = "training", num: int = 12, cols: int = 4, study: str | None = None) -> str:
+def preview(
+    datalist: str, out: str, split: str = "training", num: int = 12, cols: int = 4, study: str | None = None
+) -> str:
     """Save a contact sheet PNG of frames with coloured label overlays."""
     return str(prepare.preview_datalist(datalist, out, split, num, cols, study))
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    fire.Fire({"synth": synth, "import_masks": import_masks, "import_video": import_video,
-               "validate": validate, "preview": preview})
+    fire.Fire(
+        {
+            "synth": synth,
+            "import_masks": import_masks,
+            "import_video": import_video,
+            "validate": validate,
+            "preview": preview,
+        }
+    )

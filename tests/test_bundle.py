@@ -42,8 +42,13 @@ def test_metadata_agrees_with_the_configs():
 def test_verify_net_in_out_passes_on_network_def():
     from monai.bundle import verify_net_in_out
 
-    verify_net_in_out(net_id="network_def", meta_file=str(ROOT / "configs/metadata.json"),
-                      config_file=str(ROOT / "configs/inference.json"), n=8, any=8)
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(ROOT / "configs/metadata.json"),
+        config_file=str(ROOT / "configs/inference.json"),
+        n=8,
+        any=8,
+    )
 
 
 def test_ckpt_export_gives_a_torchscript_model_equal_to_eager(tmp_path):
@@ -51,8 +56,13 @@ def test_ckpt_export_gives_a_torchscript_model_equal_to_eager(tmp_path):
 
     net = VFSSSegmenter().eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")
-    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
-                meta_file=str(ROOT / "configs/metadata.json"), config_file=str(ROOT / "configs/inference.json"))
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(ROOT / "configs/metadata.json"),
+        config_file=str(ROOT / "configs/inference.json"),
+    )
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     x = torch.rand(2, 1, 128, 128)
     with torch.no_grad():
@@ -88,9 +98,14 @@ def test_another_project_loads_the_bundle_and_runs_inference(outside_bundle, mon
     expected = torch.load(bundle / "models/model.pt", weights_only=True)
     assert all(torch.equal(v, expected[k]) for k, v in net.state_dict().items())
     workflow = monai.bundle.ConfigWorkflow(
-        config_file=str(bundle / "configs/inference.json"), meta_file=str(bundle / "configs/metadata.json"),
-        logging_file=False, workflow_type="infer", run_id="inferring", bundle_root=str(bundle),
-        input=str(frames), output_dir=str(work / "out"),
+        config_file=str(bundle / "configs/inference.json"),
+        meta_file=str(bundle / "configs/metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        run_id="inferring",
+        bundle_root=str(bundle),
+        input=str(frames),
+        output_dir=str(work / "out"),
     )
     workflow.initialize()
     workflow.run()
@@ -104,7 +119,20 @@ def test_another_project_loads_the_bundle_and_runs_inference(outside_bundle, mon
 
 def test_the_bundle_command_line_works_from_another_folder(outside_bundle):
     bundle, frames, work = outside_bundle
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(bundle / "configs/inference.json"),
-           "--bundle_root", str(bundle), "--input", str(frames), "--output_dir", str(work / "cli_out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inferring",
+        "--config_file",
+        str(bundle / "configs/inference.json"),
+        "--bundle_root",
+        str(bundle),
+        "--input",
+        str(frames),
+        "--output_dir",
+        str(work / "cli_out"),
+    ]
     subprocess.run(cmd, cwd=work, check=True, capture_output=True, timeout=300)
     assert len(list((work / "cli_out/overlays").rglob("*.png"))) == 1

@@ -68,7 +68,9 @@ def test_loader_refuses_wrong_channel_count(tmp_path):
     write_frame(tmp_path / "f.png", image)
     write_label(tmp_path / "l.nii.gz", label)
     with pytest.raises(ValueError, match=r"l\.nii\.gz has 2 channels but the config has 12 tasks"):
-        LoadVFSSFramed(image_size=32, num_tasks=12)({"image": str(tmp_path / "f.png"), "label": str(tmp_path / "l.nii.gz")})
+        LoadVFSSFramed(image_size=32, num_tasks=12)(
+            {"image": str(tmp_path / "f.png"), "label": str(tmp_path / "l.nii.gz")}
+        )
 
 
 def test_writers_never_overwrite_and_leave_no_temp_files(tmp_path):

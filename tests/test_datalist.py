@@ -31,8 +31,11 @@ def test_split_is_by_study_complete_and_deterministic(n_studies):
 
 
 def test_build_datalist_never_puts_one_study_in_two_splits():
-    items = [{"image": f"i/{s}/{f}.png", "label": f"l/{s}/{f}.nii.gz", "study": s, "frame": f}
-             for s in [f"s{i}" for i in range(10)] for f in range(5)]
+    items = [
+        {"image": f"i/{s}/{f}.png", "label": f"l/{s}/{f}.nii.gz", "study": s, "frame": f}
+        for s in [f"s{i}" for i in range(10)]
+        for f in range(5)
+    ]
     dl = build_datalist(items, TASKS, 64, (0.6, 0.2, 0.2), seed=3)
     owners = {}
     for split in SPLITS:
@@ -95,8 +98,12 @@ def test_validate_reports_leak_size_mismatch_tasks_and_empty(tmp_path):
     leaked = dict(json.loads(path.read_text())["training"][0])
     write_frame(tmp_path / "images/big.png", np.zeros((20, 20), np.uint8))
     write_label(tmp_path / "labels/big.nii.gz", np.zeros((3, 20, 20), np.uint8))
-    _edit(path, lambda dl: dl["training"].append({"image": "images/big.png", "label": "labels/big.nii.gz",
-                                                  "study": leaked["study"], "frame": 9}))
+    _edit(
+        path,
+        lambda dl: dl["training"].append(
+            {"image": "images/big.png", "label": "labels/big.nii.gz", "study": leaked["study"], "frame": 9}
+        ),
+    )
     problems = "\n".join(validate_datalist(path, TASKS))
     assert f"study {leaked['study']!r} is in both 'training' and 'test'" in problems
     assert "images/big.png is 20x20 but the dataset's frames are 16x16" in problems

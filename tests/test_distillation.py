@@ -104,8 +104,9 @@ def store(tmp_path_factory, teachers) -> Store:
     datalist = synthesize_dataset(root / "data", studies=4, frames=4, image_size=SIZE)
     frames = load_datalist(datalist, "training", DEFAULT_TASKS)
     loader = LoadVFSSFramed(keys=("image",), image_size=SIZE)
-    readers = fill_store(teachers, frames, root / "cache", lambda item: loader(item)["image"], views=VIEWS,
-                         progress=False)
+    readers = fill_store(
+        teachers, frames, root / "cache", lambda item: loader(item)["image"], views=VIEWS, progress=False
+    )
     items = view_items(frames, VIEWS)
     assert len(items) == EPOCH * BATCH
     return Store(readers, items)
@@ -130,15 +131,19 @@ def make_run(
         LoadTeacherFeaturesd(store.readers),
     ]
     if augment:
-        transforms += [RandGaussianNoised(keys="image", prob=0.5, std=0.05),
-                       RandAdjustContrastd(keys="image", prob=0.5)]
+        transforms += [
+            RandGaussianNoised(keys="image", prob=0.5, std=0.05),
+            RandAdjustContrastd(keys="image", prob=0.5),
+        ]
     loader = DataLoader(Dataset(store.items, Compose(transforms)), batch_size=BATCH, shuffle=shuffle, drop_last=True)
     torch.manual_seed(init_seed)
     model = DistillationModel(StudentEncoder("efficientvit_b0"), teacher_specs(store.readers))
     balancer = build_balancer(balancing, TEACHERS)
     optimizer = torch.optim.AdamW(
-        [{"params": model.parameters(), "weight_decay": 0.01},
-         {"params": balancer.parameters(), "lr": 10 * LR, "weight_decay": 0.0}],
+        [
+            {"params": model.parameters(), "weight_decay": 0.01},
+            {"params": balancer.parameters(), "lr": 10 * LR, "weight_decay": 0.0},
+        ],
         lr=LR,
     )
     trainer = DistillationTrainer(
@@ -276,11 +281,24 @@ def _stage1(bundle_root: Path, **overrides) -> tuple[bool, str, list[str]]:
     Returns whether stage 1 ran, its fingerprint and the messages of the ``vfss_agglo`` logger.
     """
     settings = {
-        "bundle_root": str(bundle_root), "phantom_studies": 3, "phantom_frames": 4, "image_size": SIZE,
-        "teachers": TEACHERS, "teacher_preset": "tiny", "distill_epochs": 1, "distill_batch_size": 2, **overrides,
+        "bundle_root": str(bundle_root),
+        "phantom_studies": 3,
+        "phantom_frames": 4,
+        "image_size": SIZE,
+        "teachers": TEACHERS,
+        "teacher_preset": "tiny",
+        "distill_epochs": 1,
+        "distill_batch_size": 2,
+        **overrides,
     }
-    workflow = ConfigWorkflow(config_file="configs/train.yaml", workflow_type="train", run_id="training",
-                              meta_file="configs/metadata.json", logging_file="configs/logging.conf", **settings)
+    workflow = ConfigWorkflow(
+        config_file="configs/train.yaml",
+        workflow_type="train",
+        run_id="training",
+        meta_file="configs/metadata.json",
+        logging_file="configs/logging.conf",
+        **settings,
+    )
     logs = _Messages()
     logger = logging.getLogger("vfss_agglo")
     logger.addHandler(logs)

@@ -133,7 +133,9 @@ def test_distillation_loss_combines_dense_and_summary():
     targets = {"a": (summ_t, dense_t), "b": (None, dense_t)}
     loss_fn = DistillationLoss(["a", "b"], dense_loss={"a": "cosine_smooth_l1", "b": "mse"}, summary_weight=0.5)
     losses = loss_fn(outputs, targets)
-    assert losses["a"].item() == pytest.approx((cosine_smooth_l1(dense_p, dense_t) + 0.5 * cosine(summ_p, summ_t)).item())
+    assert losses["a"].item() == pytest.approx(
+        (cosine_smooth_l1(dense_p, dense_t) + 0.5 * cosine(summ_p, summ_t)).item()
+    )
     assert losses["b"].item() == pytest.approx(mse(dense_p, dense_t).item())
 
 
@@ -182,7 +184,9 @@ def test_build_balancer_unknown():
 
 def test_fixed_balancer_normalises_config_weights():
     balancer = build_balancer("fixed", NAMES, weights={"medsam": 2.0, "rad_dino": 1.0, "medclip": 1.0})
-    total, weights = balancer({"medsam": torch.tensor(1.0), "rad_dino": torch.tensor(2.0), "medclip": torch.tensor(4.0)})
+    total, weights = balancer(
+        {"medsam": torch.tensor(1.0), "rad_dino": torch.tensor(2.0), "medclip": torch.tensor(4.0)}
+    )
     assert weights == pytest.approx({"medsam": 0.5, "rad_dino": 0.25, "medclip": 0.25})
     assert total.item() == pytest.approx(0.5 + 0.5 + 1.0)
     with pytest.raises(ValueError, match="must name exactly"):

@@ -19,9 +19,28 @@ from vfss_agglo_bundle.engines.pipeline import file_sha256
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAY = ROOT / "configs/multi_gpu_train.yaml"
 LOGGING_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "vfss_agglo_bundle.handlers.ProgressBar"}
-TINY = ["--phantom_studies", "4", "--phantom_frames", "4", "--image_size", "64", "--teacher_preset", "tiny",
-        "--teachers", "['medsam','rad_dino','medclip']", "--distill_epochs", "2", "--seg_epochs", "2",
-        "--val_interval", "1", "--distill_batch_size", "2", "--seg_batch_size", "2"]
+TINY = [
+    "--phantom_studies",
+    "4",
+    "--phantom_frames",
+    "4",
+    "--image_size",
+    "64",
+    "--teacher_preset",
+    "tiny",
+    "--teachers",
+    "['medsam','rad_dino','medclip']",
+    "--distill_epochs",
+    "2",
+    "--seg_epochs",
+    "2",
+    "--val_interval",
+    "1",
+    "--distill_batch_size",
+    "2",
+    "--seg_batch_size",
+    "2",
+]
 
 # Appended to each stage's handlers: at every epoch end each rank saves its own copy of what it trains.
 RANK_DUMPS = """
@@ -91,8 +110,22 @@ def test_two_processes_on_cpu_train_identical_students(tmp_path):
     dumps.write_text(RANK_DUMPS)
     root = tmp_path / "bundle"
     configs = f"['configs/train.yaml','configs/multi_gpu_train.yaml','{dumps}']"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-           "run", "training", "--config_file", configs, "--bundle_root", str(root), *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(root),
+        *TINY,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     log = result.stdout + result.stderr
@@ -109,8 +142,11 @@ def test_two_processes_on_cpu_train_identical_students(tmp_path):
         _assert_equal(rank0["params"], rank1["params"], f"{stage}: parameters of rank 0 and rank 1")
         # BatchNorm running statistics are per rank under DDP (rank 0's are saved); every other buffer is shared
         shared = [k for k in rank0["buffers"] if not k.endswith(("running_mean", "running_var"))]
-        _assert_equal({k: rank0["buffers"][k] for k in shared}, {k: rank1["buffers"][k] for k in shared},
-                      f"{stage}: buffers of rank 0 and rank 1")
+        _assert_equal(
+            {k: rank0["buffers"][k] for k in shared},
+            {k: rank1["buffers"][k] for k in shared},
+            f"{stage}: buffers of rank 0 and rank 1",
+        )
 
     # the balancer (outside DDP, its gradients averaged by the trainer) is the same on both ranks
     balancer0, balancer1 = (_flat(dump["balancer"]) for dump in ranks["distillation"])

@@ -4,13 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vfss_agglo_bundle.data.phantom import (
-    KNOWN_STRUCTURES,
-    PhantomConfig,
-    render_frame,
-    sample_anatomy,
-    simulate_study,
-)
+from vfss_agglo_bundle.data.phantom import KNOWN_STRUCTURES, PhantomConfig, render_frame, sample_anatomy, simulate_study
 from vfss_agglo_bundle.tasks import DEFAULT_TASKS
 
 CFG = PhantomConfig(image_size=128)

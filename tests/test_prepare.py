@@ -40,8 +40,9 @@ def test_synthesize_is_deterministic_and_study_seeds_do_not_depend_on_count(tmp_
     synthesize_dataset(tmp_path / "a", studies=2, frames=2, image_size=64, seed=4, tasks=TASKS)
     synthesize_dataset(tmp_path / "b", studies=3, frames=2, image_size=64, seed=4, tasks=TASKS)
     assert (tmp_path / "a/images/s001/0001.png").read_bytes() == (tmp_path / "b/images/s001/0001.png").read_bytes()
-    np.testing.assert_array_equal(read_label(tmp_path / "a/labels/s001/0001.nii.gz"),
-                                  read_label(tmp_path / "b/labels/s001/0001.nii.gz"))
+    np.testing.assert_array_equal(
+        read_label(tmp_path / "a/labels/s001/0001.nii.gz"), read_label(tmp_path / "b/labels/s001/0001.nii.gz")
+    )
 
 
 def test_ensure_dataset_generates_once_then_reuses_and_checks_tasks(tmp_path, caplog):
@@ -61,8 +62,11 @@ def _export(root: Path) -> None:
         (root / study / "frames").mkdir(parents=True)
         (root / study / "masks").mkdir()
         for f in range(2):
-            frame = (np.zeros((40, 50, 3), np.uint8) if s == 0
-                     else np.linspace(0, 1000 * (f + 1), 2000).reshape(40, 50).astype(np.uint16))
+            frame = (
+                np.zeros((40, 50, 3), np.uint8)
+                if s == 0
+                else np.linspace(0, 1000 * (f + 1), 2000).reshape(40, 50).astype(np.uint16)
+            )
             Image.fromarray(frame).save(root / study / "frames" / f"img{f}.png")
             mask = np.zeros((40, 50), np.uint8)
             mask[5:15, 30:45] = 255

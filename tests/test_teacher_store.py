@@ -25,12 +25,7 @@ from safetensors import safe_open
 from vfss_agglo_bundle.data.views import apply_view, view_params
 from vfss_agglo_bundle.teachers import store as store_module
 from vfss_agglo_bundle.teachers.registry import build_teachers
-from vfss_agglo_bundle.teachers.store import (
-    LoadTeacherFeaturesd,
-    TeacherFeatureReader,
-    TeacherFeatureStore,
-    fill_store,
-)
+from vfss_agglo_bundle.teachers.store import LoadTeacherFeaturesd, TeacherFeatureReader, TeacherFeatureStore, fill_store
 
 torch.set_num_threads(2)
 

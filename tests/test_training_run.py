@@ -16,9 +16,28 @@ from vfss_agglo_bundle.engines.pipeline import file_sha256
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--phantom_studies", "4", "--phantom_frames", "3", "--image_size", "64", "--teacher_preset", "tiny",
-        "--teachers", "['medsam','rad_dino','medclip']", "--distill_epochs", "2", "--seg_epochs", "2", "--val_interval", "1",
-        "--distill_batch_size", "2", "--seg_batch_size", "2"]
+TINY = [
+    "--phantom_studies",
+    "4",
+    "--phantom_frames",
+    "3",
+    "--image_size",
+    "64",
+    "--teacher_preset",
+    "tiny",
+    "--teachers",
+    "['medsam','rad_dino','medclip']",
+    "--distill_epochs",
+    "2",
+    "--seg_epochs",
+    "2",
+    "--val_interval",
+    "1",
+    "--distill_batch_size",
+    "2",
+    "--seg_batch_size",
+    "2",
+]
 
 
 def bundle(run_id: str, config: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -43,7 +62,11 @@ def test_training_runs_every_stage_and_writes_outputs(trained):
     root, log = trained
     datalist = json.loads((root / "data/phantom/datalist.json").read_text())
     assert len(datalist["tasks"]) == 12 and datalist["training"] and datalist["test"]
-    assert sorted(p.name.split("-")[0] for p in (root / "cache/teachers").iterdir()) == ["medclip", "medsam", "rad_dino"]
+    assert sorted(p.name.split("-")[0] for p in (root / "cache/teachers").iterdir()) == [
+        "medclip",
+        "medsam",
+        "rad_dino",
+    ]
     for stage in ("distillation", "segmentation"):
         record = json.loads((root / f"models/{stage}.done.json").read_text())
         for name, digest in record["outputs"].items():
@@ -62,8 +85,16 @@ def test_training_runs_every_stage_and_writes_outputs(trained):
     assert "stage distillation: running" in log and "loss_medsam" in log
     (record_path,) = (root / "logs").glob("training-*.json")
     record = json.loads(record_path.read_text())
-    assert record["settings"]["seed"] == 0 and set(record["settings"]["teacher_signatures"]) == {"medsam", "rad_dino", "medclip"}
-    assert record["packages"]["torch"] and "configs/train.yaml" in record["config_files"] and "--bundle_root" in record["command"]
+    assert record["settings"]["seed"] == 0 and set(record["settings"]["teacher_signatures"]) == {
+        "medsam",
+        "rad_dino",
+        "medclip",
+    }
+    assert (
+        record["packages"]["torch"]
+        and "configs/train.yaml" in record["config_files"]
+        and "--bundle_root" in record["command"]
+    )
 
 
 @pytest.mark.slow
@@ -80,8 +111,16 @@ def test_training_again_skips_finished_stages_and_keeps_outputs(trained):
 @pytest.mark.slow
 def test_evaluating_writes_a_report_and_keeps_the_previous_one(trained):
     root, _ = trained
-    bundle("evaluating", "configs/evaluate.yaml", "--bundle_root", str(root), "--image_size", "64",
-           "--eval_split", "validation")
+    bundle(
+        "evaluating",
+        "configs/evaluate.yaml",
+        "--bundle_root",
+        str(root),
+        "--image_size",
+        "64",
+        "--eval_split",
+        "validation",
+    )
     report = json.loads((root / "eval/report.json").read_text())
     datalist = json.loads((root / "data/phantom/datalist.json").read_text())
     assert report["num_frames"] == len(datalist["validation"])
@@ -95,7 +134,9 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
     frames = tmp_path / "frames"
     (frames / "studyA").mkdir(parents=True)
     for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 96), dtype=np.uint8)).save(frames / f"studyA/{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 96), dtype=np.uint8)).save(
+            frames / f"studyA/{i}.png"
+        )
     out = tmp_path / "out"
     args = ["--bundle_root", str(root), "--image_size", "64", "--input", str(frames), "--output_dir", str(out)]
     bundle("inferring", "configs/inference.json", *args)
@@ -125,8 +166,17 @@ def test_task_list_that_does_not_match_the_datalist_fails_fast(tmp_path):
     from vfss_agglo_bundle.data.prepare import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, image_size=64)
-    result = bundle("training", "configs/train.yaml", "--bundle_root", str(tmp_path), "--teachers", "[]",
-                    "--tasks", "['bolus','pharynx']", check=False)
+    result = bundle(
+        "training",
+        "configs/train.yaml",
+        "--bundle_root",
+        str(tmp_path),
+        "--teachers",
+        "[]",
+        "--tasks",
+        "['bolus','pharynx']",
+        check=False,
+    )
     assert result.returncode != 0
     assert "was built for tasks" in result.stderr and "set `tasks` in the config" in result.stderr
     assert not (tmp_path / "models").exists()

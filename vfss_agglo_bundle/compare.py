@@ -37,15 +37,34 @@ def run_training(name: str, teachers: Sequence[str], out_dir: Path, overrides: S
     """One `training` run of ``teachers``; returns its test report."""
     root = out_dir / name
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
-        "--bundle_root", str(root), "--dataset_dir", str(out_dir / "data"), "--cache_dir", str(out_dir / "cache"),
-        "--teachers", repr(list(teachers)), *overrides,
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.yaml",
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(out_dir / "data"),
+        "--cache_dir",
+        str(out_dir / "cache"),
+        "--teachers",
+        repr(list(teachers)),
+        *overrides,
     ]
     logger.info("compare: %s -> %s", name, " ".join(cmd))
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "training.log", "a") as log:
-        subprocess.run(cmd, cwd=BUNDLE_ROOT, stdout=log, stderr=subprocess.STDOUT, check=True,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        subprocess.run(
+            cmd,
+            cwd=BUNDLE_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     return json.loads((root / "eval/report.json").read_text())
 
 
@@ -102,9 +121,15 @@ def compare(
     names, rows = comparison_table(reports)
     for name in ("compare.json", "compare.md", "compare.png"):
         keep_previous(out_dir / name)
-    write_json(out_dir / "compare.json", {"teacher_sets": {k: list(v) for k, v in teacher_sets.items()},
-                                          "overrides": list(overrides), "dice": rows,
-                                          "reports": {n: r["rows"] for n, r in reports.items()}})
+    write_json(
+        out_dir / "compare.json",
+        {
+            "teacher_sets": {k: list(v) for k, v in teacher_sets.items()},
+            "overrides": list(overrides),
+            "dice": rows,
+            "reports": {n: r["rows"] for n, r in reports.items()},
+        },
+    )
     text = "Test Dice per task (`scripts/compare.py`)\n\n" + comparison_markdown(names, rows) + "\n"
     text += "".join(f"\n### {n}\n\n{markdown_table(reports[n]['rows'])}\n" for n in names)
     with atomic_path(out_dir / "compare.md", overwrite=True, suffix=".md") as tmp:

@@ -74,9 +74,19 @@ def prepare_teacher_store(
     items = load_datalist(datalist_file, "training", tasks)
     models = build_teachers(list(teachers), teacher_dir, preset)
     loader = LoadVFSSFramed(keys=("image",), image_size=image_size)
-    logger.info("teacher store: %s over %d training frames x %d views in %s", list(teachers), len(items), views, cache_dir)
-    readers = fill_store(models, items, cache_dir, lambda item: loader(item)["image"], views=views, grid=grid,
-                         batch_size=batch_size, device=device)
+    logger.info(
+        "teacher store: %s over %d training frames x %d views in %s", list(teachers), len(items), views, cache_dir
+    )
+    readers = fill_store(
+        models,
+        items,
+        cache_dir,
+        lambda item: loader(item)["image"],
+        views=views,
+        grid=grid,
+        batch_size=batch_size,
+        device=device,
+    )
     del models
     return readers
 

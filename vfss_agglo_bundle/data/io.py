@@ -105,7 +105,9 @@ def read_frame(path: PathLike) -> np.ndarray:
             mode = im.mode
             array = np.array(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataFormatError(f"frame {path} cannot be read as an image ({e}); re-export it as an 8-bit grey PNG.") from e
+        raise DataFormatError(
+            f"frame {path} cannot be read as an image ({e}); re-export it as an 8-bit grey PNG."
+        ) from e
     if mode != "L":
         raise DataFormatError(
             f"frame {path} has PIL mode {mode!r}; frames must be 8-bit grey ('L'). Convert it, e.g. "
@@ -173,4 +175,3 @@ def read_video(path: PathLike) -> Iterator[np.ndarray]:
             yield to_grey_uint8(frame)
     except (OSError, RuntimeError, ValueError) as e:
         raise DataFormatError(f"video {path} cannot be decoded ({e}).") from e
-

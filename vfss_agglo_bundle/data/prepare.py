@@ -74,7 +74,12 @@ def synthesize_dataset(
                 write_frame(out_dir / im, image, overwrite=True)
         items += [{"image": im, "label": lb, "study": study, "frame": f} for f, (im, lb) in enumerate(paths)]
     datalist = build_datalist(items, tasks, image_size, ratios, seed)
-    datalist["source"] = {"generator": "vfss_agglo_bundle.data.phantom", "seed": seed, "studies": studies, "frames": frames}
+    datalist["source"] = {
+        "generator": "vfss_agglo_bundle.data.phantom",
+        "seed": seed,
+        "studies": studies,
+        "frames": frames,
+    }
     write_json(datalist_path, datalist)
     logger.info("wrote %d frames of %d phantom studies to %s", len(items), studies, out_dir)
     return datalist_path
@@ -136,7 +141,10 @@ def import_mask_folder(
             if image_size is not None:
                 image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
                 label = np.stack(
-                    [np.asarray(Image.fromarray(m * 255).resize((image_size, image_size), Image.NEAREST)) > 0 for m in label]
+                    [
+                        np.asarray(Image.fromarray(m * 255).resize((image_size, image_size), Image.NEAREST)) > 0
+                        for m in label
+                    ]
                 ).astype(np.uint8)
             if size is None:
                 size = image.shape
@@ -149,7 +157,9 @@ def import_mask_folder(
             write_frame(out_dir / im, image)
             write_label(out_dir / lb, label)
             items.append({"image": im, "label": lb, "study": study_dir.name, "frame": index, "source": str(frame_file)})
-    logger.info("imported %d frames from %d studies (%d absent structure masks)", len(items), len(study_dirs), empty_masks)
+    logger.info(
+        "imported %d frames from %d studies (%d absent structure masks)", len(items), len(study_dirs), empty_masks
+    )
     datalist = build_datalist(items, tasks, size[0], ratios, seed)
     write_json(datalist_path, datalist)
     return datalist_path

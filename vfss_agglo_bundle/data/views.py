@@ -28,11 +28,7 @@ DEFAULT_VIEW_STRENGTH: dict[str, float | tuple[float, float]] = {
 
 
 def view_params(
-    key: str,
-    view: int,
-    rotation: float = 10.0,
-    scale: Sequence[float] = (0.9, 1.1),
-    translation: float = 0.06,
+    key: str, view: int, rotation: float = 10.0, scale: Sequence[float] = (0.9, 1.1), translation: float = 0.06
 ) -> dict[str, float]:
     """Affine parameters of view ``view`` of frame ``key``.
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from monai.engines import SupervisedTrainer
 from ignite.engine import Events
+from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch import nn
@@ -80,7 +80,9 @@ class DistillationTrainer(SupervisedTrainer):
         self.grad_clip = grad_clip
         self.add_event_handler(Events.STARTED, lambda _: self._broadcast_balancer())
 
-    def _targets(self, batchdata: Mapping[str, Any], image: torch.Tensor) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+    def _targets(
+        self, batchdata: Mapping[str, Any], image: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
         targets = {}
         for name in self.teacher_names:
             if name in self.teachers:

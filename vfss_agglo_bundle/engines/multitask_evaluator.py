@@ -102,7 +102,9 @@ class MultiTaskSegMetrics(Metric):
         if pred.ndim == 3:
             pred, label = pred[None], label[None]
         if pred.shape[1] != len(self.tasks):
-            raise ValueError(f"prediction has {pred.shape[1]} channels but there are {len(self.tasks)} tasks {self.tasks}.")
+            raise ValueError(
+                f"prediction has {pred.shape[1]} channels but there are {len(self.tasks)} tasks {self.tasks}."
+            )
         scores = segmentation_scores(pred, label, hd95=self.hd95)
         for i, name in enumerate(self._names):
             self._sums[i] += scores[name].sum(0).to(self._device)

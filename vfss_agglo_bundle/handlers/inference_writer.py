@@ -34,8 +34,14 @@ class InferenceWriter:
         fps: video frame rate.
     """
 
-    def __init__(self, output_dir: str, tasks: Sequence[str], png_masks: bool = False, video_format: str | None = "gif",
-                 fps: int = 10) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        tasks: Sequence[str],
+        png_masks: bool = False,
+        video_format: str | None = "gif",
+        fps: int = 10,
+    ) -> None:
         if video_format not in ("gif", "mp4", None):
             raise ValueError(f"video_format must be 'gif', 'mp4' or None, got {video_format!r}.")
         self.output_dir = Path(output_dir)

@@ -38,7 +38,9 @@ class MultiTaskReport:
         overlays: write the best/worst pictures.
     """
 
-    def __init__(self, output_dir: str, tasks: Sequence[str], metric_name: str = "multitask", overlays: bool = True) -> None:
+    def __init__(
+        self, output_dir: str, tasks: Sequence[str], metric_name: str = "multitask", overlays: bool = True
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.tasks = list(tasks)
         self.metric_name = metric_name
@@ -80,8 +82,7 @@ class MultiTaskReport:
         rows = [{"task": t, **{m: metrics[f"{m}_{t}"] for m in METRICS if f"{m}_{t}" in metrics}} for t in self.tasks]
         rows.append({"task": "mean", **{m: metrics[f"mean_{m}"] for m in METRICS if f"mean_{m}" in metrics}})
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        report = {"num_frames": self._frames, "tasks": self.tasks,
-                  "rows": rows, "empty_masks": EMPTY_POLICY}
+        report = {"num_frames": self._frames, "tasks": self.tasks, "rows": rows, "empty_masks": EMPTY_POLICY}
         for name in ("report.json", "report.csv", "report.md"):
             keep_previous(self.output_dir / name)
         write_json(self.output_dir / "report.json", report)
@@ -89,8 +90,12 @@ class MultiTaskReport:
         _write_text(self.output_dir / "report.md", markdown_table(rows) + f"\n\nEmpty masks: {EMPTY_POLICY}.\n")
         if self.overlays:
             self._write_overlays()
-        logger.info("12-task report (%d tasks, mean Dice %.4f) written to %s", len(self.tasks),
-                    rows[-1].get("dice", float("nan")), self.output_dir)
+        logger.info(
+            "12-task report (%d tasks, mean Dice %.4f) written to %s",
+            len(self.tasks),
+            rows[-1].get("dice", float("nan")),
+            self.output_dir,
+        )
 
     def _write_overlays(self) -> None:
         folder = self.output_dir / "overlays"
@@ -106,7 +111,11 @@ class MultiTaskReport:
 def markdown_table(rows: Sequence[dict]) -> str:
     """Rows of ``{"task", "dice", "iou", "hd95"}`` as a Markdown table."""
     cols = [m for m in METRICS if m in rows[0]]
-    head = "| task | " + " | ".join("HD95 (px)" if c == "hd95" else c.capitalize() if c != "iou" else "IoU" for c in cols) + " |"
+    head = (
+        "| task | "
+        + " | ".join("HD95 (px)" if c == "hd95" else c.capitalize() if c != "iou" else "IoU" for c in cols)
+        + " |"
+    )
     lines = [head, "|---" * (len(cols) + 1) + "|"]
     for row in rows:
         cells = [f"{row[c]:.2f}" if c == "hd95" else f"{row[c]:.4f}" for c in cols]

@@ -40,7 +40,7 @@ the balancer are averaged over ranks, so all ranks compute the same weights and 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -119,7 +119,9 @@ class FixedBalancer(LossBalancer):
             values = [1.0] * self.num_teachers
         elif isinstance(weights, Mapping):
             if set(weights) != set(self.teacher_names):
-                raise ValueError(f"fixed balancer weights must name exactly {self.teacher_names}, got {sorted(weights)}")
+                raise ValueError(
+                    f"fixed balancer weights must name exactly {self.teacher_names}, got {sorted(weights)}"
+                )
             values = [float(weights[name]) for name in self.teacher_names]
         else:
             values = [float(w) for w in weights]

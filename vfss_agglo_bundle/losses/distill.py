@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import tempfile
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,8 @@ def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_smooth_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """AM-RADIO / Theia dense loss: mean over tokens of ``0.9 (1 - cos) + 0.1 smoothL1`` (smooth L1 averaged over channels, beta 1)."""
+    """AM-RADIO / Theia dense loss: mean over tokens of ``0.9 (1 - cos) + 0.1 smoothL1``
+    (smooth L1 averaged over channels, beta 1)."""
     _check_pair(pred, target)
     target = target.to(pred.dtype)
     cos = 1.0 - F.cosine_similarity(pred, target, dim=1)
@@ -149,7 +150,7 @@ class PHIStandardizer(nn.Module):
         return features.detach().to(device="cpu", dtype=torch.float64)
 
     @torch.no_grad()
-    def fit(self, features: Iterable[torch.Tensor]) -> "PHIStandardizer":
+    def fit(self, features: Iterable[torch.Tensor]) -> PHIStandardizer:
         """Compute mean, rotation and scale from batches of stored features (each ``[N, C]`` or ``[B, C, h, w]``).
 
         Streaming: only ``C x C`` float64 sums are kept, so any number of batches fits in memory.
@@ -186,7 +187,9 @@ class PHIStandardizer(nn.Module):
 
     def _check_fitted(self) -> None:
         if not self.fitted:
-            raise RuntimeError("PHIStandardizer is not fitted: call fit() on stored teacher features or load() a saved one")
+            raise RuntimeError(
+                "PHIStandardizer is not fitted: call fit() on stored teacher features or load() a saved one"
+            )
 
     def standardize(self, dense: torch.Tensor) -> torch.Tensor:
         """``[B, C, h, w]`` (or ``[N, C]``) teacher features -> the same shape in PHI-S space (float32)."""
@@ -220,7 +223,7 @@ class PHIStandardizer(nn.Module):
                 os.remove(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PHIStandardizer":
+    def load(cls, path: str | os.PathLike) -> PHIStandardizer:
         """Read statistics written by :meth:`save`."""
         path = os.fspath(path)
         if not os.path.isfile(path):

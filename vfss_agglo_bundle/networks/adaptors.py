@@ -16,7 +16,8 @@ neck, which made distillation head-bound on CPU (the student itself is 0.23 GFLO
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -61,9 +62,7 @@ class FeatureFusion(nn.Module):
     def __init__(self, in_channels: list[int], dim: int = 128) -> None:
         super().__init__()
         self.lateral = nn.ModuleList([nn.Conv2d(c, dim, kernel_size=1) for c in in_channels])
-        self.out = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False), LayerNorm2d(dim), nn.GELU()
-        )
+        self.out = nn.Sequential(nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False), LayerNorm2d(dim), nn.GELU())
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         size = maps[1].shape[-2:]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import timm
 import torch
@@ -91,12 +91,14 @@ class StudentEncoder(nn.Module):
         self.reductions: list[int] = list(info.reduction())
         self.summary_dim: int = self.channels[-1]
         if min(self.reductions) < MIN_REDUCTION:
-            raise RuntimeError(f"{name}: kept levels have reductions {self.reductions}, expected all >= {MIN_REDUCTION}")
+            raise RuntimeError(
+                f"{name}: kept levels have reductions {self.reductions}, expected all >= {MIN_REDUCTION}"
+            )
         if weights is not None:
             self.load_weights(weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x [B, 1, S, S]`` -> list of maps ``[B, channels[i], S / reductions[i], S / reductions[i]]``, finest first."""
+        """``x [B, 1, S, S]`` -> maps ``[B, channels[i], S / reductions[i], S / reductions[i]]``, finest first."""
         return self.backbone(x)
 
     def summary(self, maps: list[torch.Tensor]) -> torch.Tensor:

@@ -2,12 +2,7 @@
 
 from vfss_agglo_bundle.teachers.base import Teacher, TeacherBuilder, TeacherOutput, hash_state_dict
 from vfss_agglo_bundle.teachers.registry import TEACHERS, build_teacher, build_teachers, expected_weight_path
-from vfss_agglo_bundle.teachers.store import (
-    LoadTeacherFeaturesd,
-    TeacherFeatureReader,
-    TeacherFeatureStore,
-    fill_store,
-)
+from vfss_agglo_bundle.teachers.store import LoadTeacherFeaturesd, TeacherFeatureReader, TeacherFeatureStore, fill_store
 
 __all__ = [
     "TEACHERS",

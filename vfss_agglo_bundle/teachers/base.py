@@ -63,8 +63,7 @@ def hash_state_dict(state_dict: Mapping[str, Tensor]) -> str:
 def make_signature(name: str, config: Mapping[str, Any], weights_hash: str, preprocessing: str) -> str:
     """sha256 hex digest of a teacher's name, JSON config, weights hash and preprocessing description."""
     payload = json.dumps(
-        {"name": name, "config": config, "weights": weights_hash, "preprocessing": preprocessing},
-        sort_keys=True,
+        {"name": name, "config": config, "weights": weights_hash, "preprocessing": preprocessing}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()
 

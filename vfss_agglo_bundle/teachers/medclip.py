@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 from transformers import SwinConfig, SwinModel
