@@ -1,0 +1,208 @@
+"""The speed benchmark's helpers and reports (correctness only: nothing here checks how fast anything is)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vfss_agglo_bundle.benchmark import (
+    FULL_RANDOM,
+    MIN_RUNS,
+    REAL,
+    TINY,
+    Entry,
+    Measurement,
+    count_flops,
+    count_params,
+    describe_machine,
+    full_size_random_teacher,
+    inference_ablation,
+    measure,
+    run_benchmark,
+    speed_ratios,
+    teacher_targets,
+    to_markdown,
+    write_report,
+)
+
+torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_count_flops_and_params_of_a_conv():
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    # 4 x 8 x 8 outputs, each 1 x 3 x 3 multiply-adds = 2 FLOPs
+    assert count_flops(lambda: conv(torch.rand(1, 1, 8, 8))) == 2 * 4 * 8 * 8 * 9
+    assert count_params(conv) == 4 * 9 + 4
+
+
+def test_measure_respects_repeats_and_is_consistent():
+    calls = []
+    m = measure(lambda: calls.append(1), batch=4, device=torch.device("cpu"), warmup=2, repeats=5)
+    assert len(calls) == 2 + 5 and m.runs == 5 and m.batch == 4
+    assert 0 < m.median_ms <= m.p90_ms
+    assert m.frames_per_s == pytest.approx(4 * 1000 / m.median_ms)
+    few = measure(lambda: None, batch=1, device=torch.device("cpu"), warmup=0, repeats=1, max_seconds=0.0)
+    assert few.runs == 1  # repeats caps the count even below MIN_RUNS
+    timed = measure(lambda: None, batch=1, device=torch.device("cpu"), warmup=0, repeats=50, max_seconds=0.0)
+    assert timed.runs == MIN_RUNS  # past max_seconds: stop at the minimum
+
+
+def test_describe_machine_has_the_basics():
+    machine = describe_machine()
+    assert machine["torch"] == torch.__version__
+    assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["torch_threads"] >= 1
+    assert isinstance(machine["gpus"], list)
+
+
+def test_teacher_weight_labels(tmp_path):
+    names = ["litemedsam", "medsam", "medclip"]
+    labels = {t.name: t.weights for t in teacher_targets(names, tmp_path)}
+    assert labels == {"litemedsam": REAL, "medsam": TINY, "medclip": TINY}
+    labels = {t.name: t.weights for t in teacher_targets(names, tmp_path, full_size_random=True)}
+    assert labels == {"litemedsam": REAL, "medsam": TINY, "medclip": FULL_RANDOM}
+    labels = {t.name: t.weights for t in teacher_targets(names, tmp_path, include_medsam=True)}
+    assert labels == {"litemedsam": REAL, "medsam": FULL_RANDOM, "medclip": TINY}
+    with pytest.raises(ValueError, match="unknown teachers"):
+        teacher_targets(["sam3"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, params_m, grid, dense_dim",
+    [
+        ("medsam", 89.7, (64, 64), 256),
+        ("rad_dino", 86.6, (37, 37), 768),
+        ("medclip", 27.9, (7, 7), 768),
+        ("biomedclip", 86.2, (14, 14), 768),
+    ],
+)
+def test_full_size_random_teachers_have_the_real_architecture(name, params_m, grid, dense_dim):
+    teacher = full_size_random_teacher(name)
+    assert teacher.name == name and teacher.grid == grid and teacher.dense_dim == dense_dim
+    assert count_params(teacher) / 1e6 == pytest.approx(params_m, rel=0.02)
+
+
+def test_speed_ratios_pair_each_student_with_each_teacher():
+    def entry(name, group, ms, device="cpu", batch=1):
+        return Entry(name, group, "w", device, "1x8x8", 1, None, [Measurement(batch, ms, ms, 1.0, None, 3)])
+
+    entries = [
+        entry("s", "student", 2.0),
+        entry("s", "student (optimized)", 1.0),
+        entry("t1", "teacher", 100.0),
+        entry("t2", "teacher", 50.0, batch=8),  # no batch-1 number: left out
+        entry("s", "student", 4.0, device="cuda"),
+        entry("t1", "teacher", 8.0, device="cuda"),
+    ]
+    assert speed_ratios(entries) == {
+        "cpu": {"s [student]": {"t1": 50.0}, "s [student (optimized)]": {"t1": 100.0}},
+        "cuda": {"s [student]": {"t1": 2.0}},
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    return run_benchmark(
+        backbones=["efficientvit_b0"],
+        teachers=["medclip"],
+        image_size=64,
+        batch_size=2,
+        threads=2,
+        devices=["cpu"],
+        onnx_dynamo=False,
+        warmup=1,
+        repeats=2,
+    )
+
+
+def test_benchmark_rows_and_json(tiny_report, tmp_path):
+    rows = [(e["name"], e["group"], e["weights"]) for e in tiny_report["entries"]]
+    student_weights = "random init (speed only)"
+    assert rows == [
+        ("efficientvit_b0", "student", student_weights),
+        ("efficientvit_b0", "student (optimized)", student_weights),
+        ("efficientvit_b0", "onnxruntime", student_weights),
+        ("medclip", "teacher", TINY),
+        (
+            "efficientvit_b0: feature store targets",
+            "distillation step",
+            f"student {student_weights}; litemedsam {REAL}",
+        ),
+    ]
+    by_group = {e["group"]: e for e in tiny_report["entries"]}
+    student = by_group["student"]
+    assert [m["batch"] for m in student["measurements"]] == [1, 2]
+    assert all(m["runs"] == 2 and m["median_ms"] > 0 for m in student["measurements"])
+    assert student["input"] == "1x64x64" and student["params"] > 100_000
+    assert student["gflops_per_frame"] > 0 and by_group["onnxruntime"]["gflops_per_frame"] is None
+    assert by_group["teacher"]["input"] == "3x224x224 (from 1x64x64)"
+    step = by_group["distillation step"]
+    assert [m["batch"] for m in step["measurements"]] == [2]
+    assert step["gflops_per_frame"] > student["gflops_per_frame"]  # the step includes the backward pass
+    students = {f"efficientvit_b0 [{group}]" for group in ("student", "student (optimized)", "onnxruntime")}
+    assert set(tiny_report["ratios_batch1"]["cpu"]) == students
+    assert tiny_report["settings"]["batches"] == [1, 2] and tiny_report["machine"]["torch_threads"] == 2
+
+    json_path, md_path = write_report(tiny_report, tmp_path)
+    assert json.loads(json_path.read_text())["entries"] == tiny_report["entries"]
+    assert md_path.read_text() == to_markdown(tiny_report)
+    write_report(tiny_report, tmp_path)  # the previous pair is kept under its timestamp, never overwritten
+    assert len(list(tmp_path.glob("benchmark*.json"))) == 2 and len(list(tmp_path.glob("benchmark*.md"))) == 2
+
+
+def test_benchmark_markdown(tiny_report):
+    markdown = to_markdown(tiny_report)
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    assert "b1 median ms" in header and "b2 frames/s" in header
+    table = [line for line in lines if line.startswith("| efficientvit_b0") or line.startswith("| medclip")]
+    assert len(table) == 5 + 3  # 5 benchmark rows, 3 ratio rows
+    assert all(line.count("|") == header.count("|") for line in table[:5])
+    assert f"| medclip | teacher | {TINY} |" in markdown
+    assert "How many times faster than each teacher (batch 1, median latency, cpu)" in markdown
+    assert f"Machine: {tiny_report['machine']['cpu']}," in markdown
+
+
+def test_benchmark_script_writes_reports(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.run(
+        backbones="mobilenetv4_conv_small",
+        teachers="rad_dino",
+        image_size=64,
+        batch_size=2,
+        devices="cpu",
+        optimized=False,
+        onnx=False,
+        distill=False,
+        warmup=0,
+        repeats=1,
+        out_dir=str(tmp_path),
+    )
+    printed = capsys.readouterr().out
+    assert "cpu mobilenetv4_conv_small [student]: rad_dino" in printed
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [(e["name"], e["group"]) for e in report["entries"]] == [
+        ("mobilenetv4_conv_small", "student"),
+        ("rad_dino", "teacher"),
+    ]
+    assert (tmp_path / "benchmark.md").read_text().startswith("# Speed benchmark")
+
+
+def test_inference_ablation_rows(tmp_path):
+    report = inference_ablation("efficientvit_b0", image_size=64, threads=2, video_batch=2, rounds=1, num_classes=3)
+    rows = report["rows"]
+    assert [r["variant"] for r in rows][0] == "eager, torch.no_grad (baseline)" and len(rows) == 7
+    assert rows[0]["speedup"] == pytest.approx(1.0)
+    assert [r["batch"] for r in rows] == [1] * 6 + [2] and [r["threads"] for r in rows][-2:] == [1, 2]
+    assert all(r["max_abs_diff"] < 1e-4 and r["ms_per_frame"] > 0 for r in rows)
+    json_path, md_path = write_report(report, tmp_path, stem="inference_ablation")
+    assert md_path.read_text() == report["markdown"]
+    assert "| optimize_for_inference, 1 thread | 1 | 1 |" in report["markdown"]
+    assert "markdown" not in json.loads(json_path.read_text())
