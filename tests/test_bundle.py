@@ -136,3 +136,12 @@ def test_the_bundle_command_line_works_from_another_folder(outside_bundle):
     ]
     subprocess.run(cmd, cwd=work, check=True, capture_output=True, timeout=300)
     assert len(list((work / "cli_out/overlays").rglob("*.png"))) == 1
+
+
+def test_versions_agree_and_large_files_are_listed():
+    import vfss_agglo_bundle
+
+    assert vfss_agglo_bundle.__version__ == META["version"]
+    assert f'version = "{META["version"]}"' in (ROOT / "pyproject.toml").read_text()
+    large = yaml.safe_load((ROOT / "large_files.yml").read_text())["large_files"]
+    assert [f["path"] for f in large] == ["models/model.pt"] and large[0]["hash_type"] == "sha256"
