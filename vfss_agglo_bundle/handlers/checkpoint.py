@@ -71,3 +71,44 @@ class ResumeCheckpoint:
 
 def _unwrap(obj: Any) -> Any:
     return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+
+
+class BestCheckpoint:
+    """Save ``network``'s flat state dict to ``path`` whenever the evaluator's ``metric_name`` improves.
+
+    Unlike ignite's in-memory tracking, the best score is part of ``state_dict`` so that a
+    :class:`ResumeCheckpoint` that includes this handler resumes it: an interrupted stage then keeps the same best
+    model an uninterrupted one would. Written atomically; only rank 0 writes.
+
+    Args:
+        path: checkpoint file (e.g. ``models/model.pt``).
+        network: the module to save (DDP unwrapped).
+        metric_name: key metric in ``engine.state.metrics`` (higher is better).
+    """
+
+    def __init__(self, path: str | os.PathLike, network: torch.nn.Module, metric_name: str) -> None:
+        self.path = Path(path)
+        self.network = network
+        self.metric_name = metric_name
+        self.best = float("-inf")
+        self.best_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        score = float(engine.state.metrics[self.metric_name])
+        if score <= self.best:
+            return
+        self.best, self.best_epoch = score, engine.state.epoch
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+            return
+        with atomic_path(self.path, overwrite=True, suffix=".pt") as tmp:
+            torch.save(_unwrap(self.network).state_dict(), tmp)
+        logger.info("best %s %.4f: saved %s", self.metric_name, score, self.path)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
