@@ -12,6 +12,7 @@ half-written file under the final name, and nothing is overwritten unless ``over
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -74,6 +75,20 @@ def keep_previous(path: PathLike) -> Path | None:
     os.replace(path, kept)
     logger.info("kept the previous %s as %s", path, kept.name)
     return kept
+
+
+def save_torch(obj: Any, path: PathLike, overwrite: bool = False) -> None:
+    """``torch.save`` atomically, with byte-identical files for identical objects.
+
+    ``torch.save`` names the records of its zip archive after the file it writes; saving through a buffer keeps
+    the random temporary name out of the file, so checkpoint hashes compare runs.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path, overwrite=overwrite, suffix=".pt") as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def write_json(path: PathLike, obj: Any, overwrite: bool = False) -> None:

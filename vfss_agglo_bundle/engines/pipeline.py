@@ -24,7 +24,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from vfss_agglo_bundle.data.io import atomic_path, read_json, write_json
+from vfss_agglo_bundle.data.io import read_json, save_torch, write_json
 
 logger = logging.getLogger("vfss_agglo")
 
@@ -48,8 +48,7 @@ def save_state_dict(module: nn.Module, path: str | os.PathLike, overwrite: bool 
     if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
         return
     module = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-    with atomic_path(path, overwrite=overwrite, suffix=".pt") as tmp:
-        torch.save(module.state_dict(), tmp)
+    save_torch(module.state_dict(), path, overwrite=overwrite)
 
 
 def stage_record(ckpt_dir: str | os.PathLike, stage: str) -> Path:

@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from vfss_agglo_bundle.data.io import atomic_path
+from vfss_agglo_bundle.data.io import save_torch
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ class ResumeCheckpoint:
         if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
             return
         objects = {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
-        with atomic_path(self.path, overwrite=True, suffix=".pt") as tmp:
-            torch.save({"fingerprint": self.fingerprint, "objects": objects}, tmp)
+        save_torch({"fingerprint": self.fingerprint, "objects": objects}, self.path, overwrite=True)
 
 
 def _unwrap(obj: Any) -> Any:
@@ -103,8 +102,7 @@ class BestCheckpoint:
         self.best, self.best_epoch = score, engine.state.epoch
         if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
             return
-        with atomic_path(self.path, overwrite=True, suffix=".pt") as tmp:
-            torch.save(_unwrap(self.network).state_dict(), tmp)
+        save_torch(_unwrap(self.network).state_dict(), self.path, overwrite=True)
         logger.info("best %s %.4f: saved %s", self.metric_name, score, self.path)
 
     def state_dict(self) -> dict:
