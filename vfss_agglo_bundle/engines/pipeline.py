@@ -8,6 +8,7 @@ an interrupted stage resumes from its :class:`~vfss_agglo_bundle.handlers.checkp
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -162,8 +163,9 @@ def record_run(log_dir: str | os.PathLike, run_id: str, **settings: Any) -> Path
     argv = list(sys.argv)
     for i, arg in enumerate(argv[:-1]):
         if arg == "--config_file":
-            files = argv[i + 1].strip("[]").replace("'", "").replace('"', "").split(",")
-            configs = {f.strip(): Path(f.strip()).read_text() for f in files if Path(f.strip()).is_file()}
+            value = argv[i + 1]
+            files = ast.literal_eval(value) if value.startswith("[") else [value]
+            configs = {f: Path(f).read_text() for f in files if Path(f).is_file()}
     record = {
         "run_id": run_id,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

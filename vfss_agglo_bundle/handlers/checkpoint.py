@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from vfss_agglo_bundle.data.io import save_torch
+from vfss_agglo_bundle.engines.pipeline import save_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +101,7 @@ class BestCheckpoint:
         if score <= self.best:
             return
         self.best, self.best_epoch = score, engine.state.epoch
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
-            return
-        save_torch(_unwrap(self.network).state_dict(), self.path, overwrite=True)
+        save_state_dict(self.network, self.path, overwrite=True)
         logger.info("best %s %.4f: saved %s", self.metric_name, score, self.path)
 
     def state_dict(self) -> dict:
