@@ -2,7 +2,8 @@
 
     python scripts/compare.py                                   # scratch vs litemedsam
     python scripts/compare.py --teachers "['medsam','rad_dino','medclip']" --teacher_dir /weights
-    python scripts/compare.py --sets "{'scratch': [], 'sam+dino': ['medsam','rad_dino']}" --overrides "['--seg_epochs','20']"
+    python scripts/compare.py --sets "{'scratch': [], 'sam+dino': ['medsam','rad_dino']}" \
+        --overrides "['--seg_epochs','20']"
 
 Writes eval/compare/compare.{md,json,png}; `--overrides` (a list of command-line words) goes to every run.
 """

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vfss_agglo_bundle.data.io import atomic_path, keep_previous, write_json
+from vfss_agglo_bundle.data.io import atomic_path, write_json
 from vfss_agglo_bundle.export import export_onnx, onnx_runner, optimize_for_inference
 from vfss_agglo_bundle.losses.balancing import build_balancer
 from vfss_agglo_bundle.losses.distill import DistillationLoss
@@ -641,11 +641,9 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, stem: str =
     else :func:`to_markdown`), first renaming previous ones with their timestamp. Returns both paths."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    for path in (json_path, md_path):
-        keep_previous(path)
     markdown = report.get("markdown") or to_markdown(report)
-    write_json(json_path, {k: v for k, v in report.items() if k != "markdown"})
-    with atomic_path(md_path, suffix=".md") as tmp:
+    write_json(json_path, {k: v for k, v in report.items() if k != "markdown"}, keep_old=True)
+    with atomic_path(md_path, suffix=".md", keep_old=True) as tmp:
         tmp.write_text(markdown)
     return json_path, md_path
 

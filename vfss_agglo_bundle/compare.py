@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vfss_agglo_bundle.data.io import atomic_path, keep_previous, write_json
+from vfss_agglo_bundle.data.io import atomic_path, write_json
 from vfss_agglo_bundle.handlers.report import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def bar_chart(names: Sequence[str], rows: Sequence[dict], path: Path) -> None:
     ax.legend(fontsize=8, ncol=min(len(names), 4))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, overwrite=True, suffix=".png") as tmp:
+    with atomic_path(path, suffix=".png", keep_old=True) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
@@ -119,8 +119,6 @@ def compare(
     out_dir = Path(out_dir).resolve()
     reports = {name: run_training(name, teachers, out_dir, overrides) for name, teachers in teacher_sets.items()}
     names, rows = comparison_table(reports)
-    for name in ("compare.json", "compare.md", "compare.png"):
-        keep_previous(out_dir / name)
     write_json(
         out_dir / "compare.json",
         {
@@ -129,10 +127,11 @@ def compare(
             "dice": rows,
             "reports": {n: r["rows"] for n, r in reports.items()},
         },
+        keep_old=True,
     )
     text = "Test Dice per task (`scripts/compare.py`)\n\n" + comparison_markdown(names, rows) + "\n"
     text += "".join(f"\n### {n}\n\n{markdown_table(reports[n]['rows'])}\n" for n in names)
-    with atomic_path(out_dir / "compare.md", overwrite=True, suffix=".md") as tmp:
+    with atomic_path(out_dir / "compare.md", suffix=".md", keep_old=True) as tmp:
         tmp.write_text(text)
     bar_chart(names, rows, out_dir / "compare.png")
     logger.info("comparison written to %s", out_dir / "compare.md")

@@ -109,7 +109,7 @@ def legend(tasks: Sequence[str], width: int) -> np.ndarray:
     return np.asarray(strip)
 
 
-def save_png(path: PathLike, rgb: np.ndarray, overwrite: bool = True) -> None:
-    """Write an RGB (or grey) uint8 picture atomically."""
-    with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
+def save_png(path: PathLike, rgb: np.ndarray, overwrite: bool = False, keep_old: bool = False) -> None:
+    """Write an RGB (or grey) uint8 picture atomically (``overwrite`` and ``keep_old`` as in ``atomic_path``)."""
+    with atomic_path(path, overwrite=overwrite, suffix=".png", keep_old=keep_old) as tmp:
         Image.fromarray(rgb).save(tmp)

@@ -156,7 +156,8 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
                 )
             if tasks and label.shape[0] != len(tasks):
                 problems.append(
-                    f"{where}: label {label_path} has {label.shape[0]} channels but there are {len(tasks)} tasks {tasks}."
+                    f"{where}: label {label_path} has {label.shape[0]} channels "
+                    f"but there are {len(tasks)} tasks {tasks}."
                 )
             if label.shape[1:] != image.shape:
                 problems.append(

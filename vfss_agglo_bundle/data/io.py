@@ -36,16 +36,20 @@ class DataFormatError(ValueError):
 
 
 @contextmanager
-def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "", keep_old: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    A write that fails (disk full, read-only folder, a crash) leaves ``path`` and its folder as they were.
 
     Args:
         path: final destination.
         overwrite: allow replacing an existing file (otherwise ``FileExistsError``).
         suffix: extension the temporary name must end with (writers such as nibabel pick the format from it).
+        keep_old: once the new file is complete, an existing ``path`` is renamed to its timestamped name
+            (:func:`keep_previous`) instead of being replaced.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.exists() and not (overwrite or keep_old):
         raise FileExistsError(f"{path} already exists; refusing to overwrite it (delete it or pass overwrite=True).")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
@@ -55,6 +59,8 @@ def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> It
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file the usual permissions
     try:
         yield Path(tmp)
+        if keep_old:
+            keep_previous(path)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -91,9 +97,9 @@ def save_torch(obj: Any, path: PathLike, overwrite: bool = False) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-def write_json(path: PathLike, obj: Any, overwrite: bool = False) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path, overwrite=overwrite, suffix=".json") as tmp:
+def write_json(path: PathLike, obj: Any, overwrite: bool = False, keep_old: bool = False) -> None:
+    """Write ``obj`` as indented JSON, atomically (``overwrite`` and ``keep_old`` as in :func:`atomic_path`)."""
+    with atomic_path(path, overwrite=overwrite, suffix=".json", keep_old=keep_old) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 

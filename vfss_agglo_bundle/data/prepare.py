@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vfss_agglo_bundle.data.datalist import build_datalist, check_tasks, load_datalist
+from vfss_agglo_bundle.data.datalist import build_datalist, check_tasks, load_datalist, validate_datalist
 from vfss_agglo_bundle.data.io import (
     DataFormatError,
     PathLike,
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MAX_PROBLEMS_SHOWN = 10  # in the error ensure_dataset raises; `prepare_data.py validate` lists them all
 
 
 def study_seed(seed: int, study: int) -> int:
@@ -150,7 +151,8 @@ def import_mask_folder(
                 size = image.shape
             elif image.shape != size:
                 raise DataFormatError(
-                    f"frame {frame_file} is {image.shape[0]}x{image.shape[1]} but earlier frames are {size[0]}x{size[1]}; "
+                    f"frame {frame_file} is {image.shape[0]}x{image.shape[1]} "
+                    f"but earlier frames are {size[0]}x{size[1]}; "
                     "pass image_size to resize all frames."
                 )
             im, lb = _frame_paths(study_dir.name, index)
@@ -200,7 +202,7 @@ def preview_datalist(
     titles = [f"{it['study']} #{it['frame']}" for it in picks]
     sheet = contact_sheet(tiles, titles, cols)
     sheet = np.concatenate([sheet, legend(tasks, sheet.shape[1])])
-    save_png(out, sheet)
+    save_png(out, sheet, keep_old=True)
     return Path(out)
 
 
@@ -215,12 +217,27 @@ def ensure_dataset(
 ) -> str:
     """Return ``dataset_dir/datalist.json``, generating a phantom dataset there first if it has none.
 
-    An existing datalist is used as it is (after checking its task list against ``tasks``); it is never rewritten.
+    An existing datalist is used as it is, never rewritten, after checking its task list against ``tasks`` and every
+    frame and label it names (``validate_datalist``): bad input stops the run before any work is done.
+
+    Raises:
+        ValueError: the datalist was built for other tasks.
+        DataFormatError: one error listing every problem found, each naming its file.
     """
     datalist_path = Path(dataset_dir) / DATALIST_NAME
     if datalist_path.exists():
         check_tasks(read_json(datalist_path), tasks, datalist_path)
-        logger.info("dataset: found %s, skipping phantom generation", datalist_path)
+        problems = validate_datalist(datalist_path, tasks)
+        if problems:
+            shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
+            hidden = len(problems) - MAX_PROBLEMS_SHOWN
+            more = f"\n  ... and {hidden} more" if hidden > 0 else ""
+            raise DataFormatError(
+                f"{datalist_path} cannot be used, {len(problems)} problem(s):\n  {shown}{more}\n"
+                f"Fix or re-import these files; `python scripts/prepare_data.py validate --datalist {datalist_path}` "
+                "lists every problem."
+            )
+        logger.info("dataset: found %s, its frames and labels check out; skipping phantom generation", datalist_path)
         return str(datalist_path)
     logger.info("dataset: no datalist in %s, generating %d phantom studies x %d frames", dataset_dir, studies, frames)
     return str(synthesize_dataset(dataset_dir, studies, frames, image_size, seed, ratios, tasks))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from vfss_agglo_bundle.data.io import atomic_path, keep_previous, write_json
+from vfss_agglo_bundle.data.io import atomic_path, write_json
 from vfss_agglo_bundle.engines.multitask_evaluator import METRICS, segmentation_scores
 from vfss_agglo_bundle.visualize import contact_sheet, overlay, save_png, task_colours
 
@@ -83,9 +83,7 @@ class MultiTaskReport:
         rows.append({"task": "mean", **{m: metrics[f"mean_{m}"] for m in METRICS if f"mean_{m}" in metrics}})
         self.output_dir.mkdir(parents=True, exist_ok=True)
         report = {"num_frames": self._frames, "tasks": self.tasks, "rows": rows, "empty_masks": EMPTY_POLICY}
-        for name in ("report.json", "report.csv", "report.md"):
-            keep_previous(self.output_dir / name)
-        write_json(self.output_dir / "report.json", report)
+        write_json(self.output_dir / "report.json", report, keep_old=True)
         _write_text(self.output_dir / "report.csv", _csv(rows))
         _write_text(self.output_dir / "report.md", markdown_table(rows) + f"\n\nEmpty masks: {EMPTY_POLICY}.\n")
         if self.overlays:
@@ -105,7 +103,7 @@ class MultiTaskReport:
                 colour = task_colours(len(self.tasks))[t : t + 1]
                 tiles = [overlay(grey, mask[None].numpy(), colours=colour) for mask in (label, pred)]
                 titles = [f"{self.tasks[t]} label {name}", f"prediction Dice {dice:.3f}"]
-                save_png(folder / f"{self.tasks[t]}_{which}.png", contact_sheet(tiles, titles, cols=2))
+                save_png(folder / f"{self.tasks[t]}_{which}.png", contact_sheet(tiles, titles, cols=2), keep_old=True)
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -133,5 +131,5 @@ def _csv(rows: Sequence[dict]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path, overwrite=True, suffix=path.suffix) as tmp:
+    with atomic_path(path, suffix=path.suffix, keep_old=True) as tmp:
         tmp.write_text(text)

@@ -8,6 +8,7 @@ from vfss_agglo_bundle.losses.balancing import (
     MLPBalancer,
     UncertaintyBalancer,
     build_balancer,
+    check_balancing,
 )
 from vfss_agglo_bundle.losses.distill import (
     LOSSES,
@@ -31,6 +32,7 @@ __all__ = [
     "PHIStandardizer",
     "UncertaintyBalancer",
     "build_balancer",
+    "check_balancing",
     "cosine",
     "cosine_smooth_l1",
     "get_loss",

@@ -54,6 +54,7 @@ __all__ = [
     "MLPBalancer",
     "UncertaintyBalancer",
     "build_balancer",
+    "check_balancing",
 ]
 
 
@@ -217,7 +218,10 @@ class _GuardedBalancer(LossBalancer):
 
 
 class MLPBalancer(_GuardedBalancer):
-    """``a = softmax(W2 GELU(W1 r + b1) + b2)``, ``W1 in R^{h x K}``, ``W2 in R^{K x h}`` (zero-initialised: uniform start)."""
+    """``a = softmax(W2 GELU(W1 r + b1) + b2)``, ``W1 in R^{h x K}``, ``W2 in R^{K x h}``.
+
+    ``W2`` and ``b2`` start at zero: uniform weights at the start.
+    """
 
     def __init__(self, teacher_names: Sequence[str], hidden_dim: int = 32, **kwargs: float) -> None:
         super().__init__(teacher_names, **kwargs)
@@ -231,7 +235,7 @@ class MLPBalancer(_GuardedBalancer):
 
 
 class AttentionBalancer(_GuardedBalancer):
-    """``a_i = softmax_i(q . k_i / sqrt(d))`` with a learned query ``q`` (zero-initialised: uniform start) and keys ``k_i``.
+    """``a_i = softmax_i(q . k_i / sqrt(d))``, learned query ``q`` (zero at the start: uniform weights), keys ``k_i``.
 
     The weights do not depend on the current losses; ``r`` enters only through the objective.
     """
@@ -253,8 +257,13 @@ BALANCERS: dict[str, type[LossBalancer]] = {
 }
 
 
-def build_balancer(name: str, teacher_names: Sequence[str], **kwargs: object) -> LossBalancer:
-    """Balancer by name (``fixed``, ``uncertainty``, ``mlp``, ``attention``); ``kwargs`` go to its constructor."""
+def check_balancing(name: str) -> None:
+    """Raise a ``ValueError`` listing the balancers when ``name`` is not one of them."""
     if name not in BALANCERS:
         raise ValueError(f"unknown loss balancer {name!r}; choose one of {sorted(BALANCERS)}")
+
+
+def build_balancer(name: str, teacher_names: Sequence[str], **kwargs: object) -> LossBalancer:
+    """Balancer by name (``fixed``, ``uncertainty``, ``mlp``, ``attention``); ``kwargs`` go to its constructor."""
+    check_balancing(name)
     return BALANCERS[name](teacher_names, **kwargs)

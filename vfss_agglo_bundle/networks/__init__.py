@@ -10,7 +10,7 @@ from vfss_agglo_bundle.networks.adaptors import (
 )
 from vfss_agglo_bundle.networks.decoder import LightDecoder
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
-from vfss_agglo_bundle.networks.student import SUPPORTED_BACKBONES, StudentEncoder, identify_backbone
+from vfss_agglo_bundle.networks.student import SUPPORTED_BACKBONES, StudentEncoder, check_backbone, identify_backbone
 
 __all__ = [
     "DenseAdaptor",
@@ -22,6 +22,7 @@ __all__ = [
     "SummaryAdaptor",
     "TeacherSpec",
     "VFSSSegmenter",
+    "check_backbone",
     "identify_backbone",
     "resize_to_grid",
 ]

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MIN_REDUCTION", "SUPPORTED_BACKBONES", "StudentEncoder", "identify_backbone"]
+__all__ = ["MIN_REDUCTION", "SUPPORTED_BACKBONES", "StudentEncoder", "check_backbone", "identify_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +38,14 @@ SUPPORTED_BACKBONES: dict[str, tuple[int, ...]] = {
 }
 
 
-def _check_name(name: str) -> None:
+def check_backbone(name: str) -> None:
+    """Raise a ``ValueError`` listing the supported backbones when ``name`` is not one of them."""
     if name not in SUPPORTED_BACKBONES:
         raise ValueError(f"unknown student backbone {name!r}; supported: {sorted(SUPPORTED_BACKBONES)}")
 
 
 def _create_backbone(name: str) -> nn.Module:
-    _check_name(name)
+    check_backbone(name)
     return timm.create_model(
         name, features_only=True, pretrained=False, in_chans=1, out_indices=SUPPORTED_BACKBONES[name]
     )
