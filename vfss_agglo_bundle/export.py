@@ -29,7 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from vfss_agglo_bundle.data.datalist import load_datalist
 from vfss_agglo_bundle.data.io import atomic_path, read_json, write_json
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
-from vfss_agglo_bundle.networks import VFSSSegmenter, identify_backbone
+from vfss_agglo_bundle.networks import VFSSSegmenter
 from vfss_agglo_bundle.tasks import DEFAULT_TASKS
 
 __all__ = [
@@ -60,34 +60,10 @@ def load_segmenter(
     """Build a ``VFSSSegmenter`` and strictly load a flat state dict (``models/model.pt``) into it, in eval mode.
 
     Raises:
-        FileNotFoundError: no checkpoint at that path.
-        ValueError: the file is not a flat state dict, or it is for another backbone or number of classes.
+        FileNotFoundError, ValueError: as :meth:`VFSSSegmenter.load_checkpoint`.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"segmenter checkpoint {path} not found; train the model first or pass --checkpoint.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for unreadable or non-tensor pickles
-        raise ValueError(f"cannot read {path} as a state dict ({type(err).__name__}: {err}).") from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"{path} is not a flat state dict of tensors; save it with torch.save(model.state_dict(), path)."
-        )
     model = VFSSSegmenter(backbone, num_classes=num_classes, decoder_width=decoder_width)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if {k: tuple(v.shape) for k, v in state.items()} != expected:
-        encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        found = identify_backbone(encoder)
-        head = state.get("decoder.head.weight")
-        classes = int(head.shape[0]) if head is not None else None
-        raise ValueError(
-            f"{path} does not match VFSSSegmenter(backbone={backbone!r}, num_classes={num_classes}, "
-            f"decoder_width={decoder_width}): it looks like backbone={found!r} with {classes} classes; "
-            "pass the --backbone / --num_classes it was trained with."
-        )
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return model.load_checkpoint(checkpoint).eval()
 
 
 def export_torchscript(

@@ -1,9 +1,17 @@
 """Ignite handlers of the bundle: progress bars, seeding, resume checkpoints, reports and inference outputs."""
 
-from vfss_agglo_bundle.handlers.checkpoint import BestCheckpoint, ResumeCheckpoint
+from vfss_agglo_bundle.handlers.checkpoint import BestCheckpoint, ModelLoader, ResumeCheckpoint
 from vfss_agglo_bundle.handlers.inference_writer import InferenceWriter
 from vfss_agglo_bundle.handlers.progress import ProgressBar
 from vfss_agglo_bundle.handlers.report import MultiTaskReport
 from vfss_agglo_bundle.handlers.seeding import EpochSeed
 
-__all__ = ["BestCheckpoint", "EpochSeed", "InferenceWriter", "MultiTaskReport", "ProgressBar", "ResumeCheckpoint"]
+__all__ = [
+    "BestCheckpoint",
+    "EpochSeed",
+    "InferenceWriter",
+    "ModelLoader",
+    "MultiTaskReport",
+    "ProgressBar",
+    "ResumeCheckpoint",
+]

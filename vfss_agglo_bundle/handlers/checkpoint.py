@@ -1,4 +1,4 @@
-"""A resume checkpoint that is written atomically and reloaded on start."""
+"""Checkpoints: a resume checkpoint written atomically and reloaded on start, the best model, the model loader."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from torch.nn.parallel import DistributedDataParallel
 
 from vfss_agglo_bundle.data.io import save_torch
 from vfss_agglo_bundle.engines.pipeline import save_state_dict
@@ -109,3 +110,27 @@ class BestCheckpoint:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
+
+class ModelLoader:
+    """Load a flat segmenter state dict (``models/model.pt``) into ``network`` when the engine starts.
+
+    MONAI's ``CheckpointLoader`` for the bundle's flat checkpoints, with one error naming the file and the
+    architecture it holds when it does not fit (:meth:`VFSSSegmenter.load_checkpoint`).
+
+    Args:
+        load_path: the checkpoint file.
+        network: a ``VFSSSegmenter``, or ``DistributedDataParallel`` around one.
+    """
+
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module) -> None:
+        self.load_path = Path(load_path)
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        network = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
+        network.load_checkpoint(self.load_path)
+        logger.info("loaded %s", self.load_path)

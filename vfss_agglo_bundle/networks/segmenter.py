@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from vfss_agglo_bundle.networks.decoder import LightDecoder
-from vfss_agglo_bundle.networks.student import StudentEncoder
+from vfss_agglo_bundle.networks.student import StudentEncoder, identify_backbone
 from vfss_agglo_bundle.tasks import DEFAULT_TASKS
 
 __all__ = ["VFSSSegmenter"]
@@ -35,6 +36,9 @@ class VFSSSegmenter(nn.Module):
         encoder_weights: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.decoder_width = decoder_width
         self.encoder = StudentEncoder(backbone)
         self.decoder = LightDecoder(self.encoder.channels, num_classes, width=decoder_width)
         if encoder_weights is not None:
@@ -47,3 +51,35 @@ class VFSSSegmenter(nn.Module):
     def load_encoder(self, path: str | os.PathLike) -> None:
         """Load a stage-1 flat encoder state dict; ValueError naming the file and both architectures on mismatch."""
         self.encoder.load_weights(path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> VFSSSegmenter:
+        """Strictly load a flat state dict of the whole segmenter (``models/model.pt``); returns ``self``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file is not a flat state dict, or it is for another backbone, number of tasks or decoder
+                width (the message says which backbone and how many tasks it looks like).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"segmenter checkpoint {path} not found; train the model first or pass its path.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for unreadable or non-tensor pickles
+            raise ValueError(f"cannot read {path} as a state dict ({type(err).__name__}: {err}).") from err
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(
+                f"{path} is not a flat state dict of tensors; save it with torch.save(model.state_dict(), path)."
+            )
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state.items()} != expected:
+            encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+            head = state.get("decoder.head.weight")
+            raise ValueError(
+                f"{path} does not match VFSSSegmenter(backbone={self.backbone!r}, num_classes={self.num_classes}, "
+                f"decoder_width={self.decoder_width}): it looks like backbone={identify_backbone(encoder)!r} with "
+                f"{int(head.shape[0]) if head is not None else None} classes; build the network it was trained with "
+                "(config keys `student`, `tasks`, `decoder_width`; export.py --backbone, --num_classes)."
+            )
+        self.load_state_dict(state, strict=True)
+        return self
