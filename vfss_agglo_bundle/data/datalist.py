@@ -8,6 +8,7 @@ are nearly identical, so a frame-level split leaks.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
 
     Checks: the JSON reads; splits exist and are not all empty; items have the required keys; no study is in two
     splits; files exist and load as 8-bit grey PNG and NIfTI; each label has one channel per task and the size of
-    its frame; all frames have the same size.
+    its frame; all frames have the same size (the most common one).
     """
     path = Path(path)
     try:
@@ -127,7 +128,7 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
     if not any(datalist.get(split) for split in SPLITS):
         problems.append(f"{path}: every split ({', '.join(SPLITS)}) is empty or missing.")
     owner: dict[str, str] = {}
-    frame_size: tuple[int, int] | None = None
+    frame_sizes: dict[str, tuple[Path, tuple[int, int]]] = {}  # where -> (frame, its size)
     for split in SPLITS:
         for i, item in enumerate(datalist.get(split) or []):
             where = f"{path}: {split}[{i}]"
@@ -147,13 +148,7 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
             except (FileNotFoundError, DataFormatError) as e:
                 problems.append(f"{where}: {e}")
                 continue
-            if frame_size is None:
-                frame_size = image.shape
-            elif image.shape != frame_size:
-                problems.append(
-                    f"{where}: frame {image_path} is {image.shape[0]}x{image.shape[1]} but the dataset's frames are "
-                    f"{frame_size[0]}x{frame_size[1]}; resize or re-export it."
-                )
+            frame_sizes[where] = (image_path, image.shape)
             if tasks and label.shape[0] != len(tasks):
                 problems.append(
                     f"{where}: label {label_path} has {label.shape[0]} channels "
@@ -164,4 +159,12 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
                     f"{where}: label {label_path} is {label.shape[1]}x{label.shape[2]} but its frame is "
                     f"{image.shape[0]}x{image.shape[1]}."
                 )
+    if frame_sizes:
+        usual = Counter(size for _, size in frame_sizes.values()).most_common(1)[0][0]
+        problems += [
+            f"{where}: frame {image_path} is {size[0]}x{size[1]} but the dataset's frames are {usual[0]}x{usual[1]}; "
+            "resize or re-export it."
+            for where, (image_path, size) in frame_sizes.items()
+            if size != usual
+        ]
     return problems

@@ -51,19 +51,26 @@ def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "", keep_
     path = Path(path)
     if path.exists() and not (overwrite or keep_old):
         raise FileExistsError(f"{path} already exists; refusing to overwrite it (delete it or pass overwrite=True).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file the usual permissions
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file the usual permissions
         yield Path(tmp)
         if keep_old:
             keep_previous(path)
         os.replace(tmp, path)
+    except OSError as err:
+        message = (
+            f"could not write {path} ({err.strerror or err}); any earlier {path.name} is unchanged. "
+            "Free some space or choose a writable folder, then run again."
+        )
+        raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 

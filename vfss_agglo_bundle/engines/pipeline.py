@@ -31,7 +31,10 @@ logger = logging.getLogger("vfss_agglo")
 
 
 def fingerprint(**settings: Any) -> str:
-    """A stable sha256 of JSON-serialisable settings (paths are hashed as strings, files by their content if given)."""
+    """A stable sha256 of JSON-serialisable settings (anything else is hashed as its ``str``).
+
+    Pass files by their content (:func:`file_sha256`), not their path, so a bundle folder can be moved or copied.
+    """
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -1,0 +1,222 @@
+"""Bad input given to the `training` and `evaluating` runs of a bundle folder that already holds a finished run.
+
+Each case must stop with one error naming the file or config key, and leave every file already on disk
+byte-identical: the dataset, the teacher feature store, the checkpoints, the stage records and the reports.
+The only files a failed run may add are its run record and TensorBoard logs under ``logs/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import monai.bundle
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vfss_agglo_bundle.data.io import write_label
+from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+from vfss_agglo_bundle.teachers.medsam import PRESETS as SAM_PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(phantom_studies=3, phantom_frames=4, image_size=64, teacher_preset="tiny", teachers=["medsam"],
+            distill_epochs=1, seg_epochs=1, val_interval=1, distill_batch_size=2, seg_batch_size=2)  # fmt: skip
+SIZE = TINY["image_size"]
+
+
+def _run(run_id: str, root: Path, config: str = "configs/train.yaml", **overrides) -> None:
+    monai.bundle.run(run_id, config_file=config, bundle_root=str(root), **{**TINY, **overrides})
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root``."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _messages(err: BaseException) -> str:
+    """The messages of an exception and of every exception it was raised from (MONAI wraps config errors)."""
+    seen: list[str] = []
+    while err is not None and len(seen) < 20:
+        seen.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    return "\n".join(seen)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        _run("training", root)
+    assert (root / "models/model.pt").is_file() and (root / "eval/report.json").is_file()
+    return root
+
+
+@pytest.fixture
+def bundle(finished, tmp_path, monkeypatch) -> Path:
+    """A copy of the finished bundle folder, run from the repository root as a user would."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return Path(shutil.copytree(finished, tmp_path / "bundle"))
+
+
+def _datalist(root: Path) -> tuple[Path, dict]:
+    path = root / "data/phantom/datalist.json"
+    return path, json.loads(path.read_text())
+
+
+def _first(root: Path, key: str) -> Path:
+    path, datalist = _datalist(root)
+    return path.parent / datalist["training"][0][key]
+
+
+def corrupt_png(root: Path) -> None:
+    _first(root, "image").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+
+
+def truncated_nifti(root: Path) -> None:
+    label = _first(root, "label")
+    label.write_bytes(label.read_bytes()[:200])
+
+
+def wrong_channel_count(root: Path) -> None:
+    write_label(_first(root, "label"), np.zeros((2, SIZE, SIZE), np.uint8), overwrite=True)
+
+
+def empty_datalist(root: Path) -> None:
+    path, datalist = _datalist(root)
+    path.write_text(json.dumps({**datalist, "training": [], "validation": [], "test": []}))
+
+
+def study_in_two_splits(root: Path) -> None:
+    path, datalist = _datalist(root)
+    datalist["validation"].append(datalist["training"][0])
+    path.write_text(json.dumps(datalist))
+
+
+def frame_of_another_size(root: Path) -> None:
+    Image.fromarray(np.zeros((SIZE // 2, SIZE // 2), np.uint8)).save(_first(root, "image"))
+
+
+def colour_frame(root: Path) -> None:
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(_first(root, "image"))
+
+
+def sixteen_bit_frame(root: Path) -> None:
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint16)).save(_first(root, "image"))
+
+
+def missing_frame(root: Path) -> None:
+    _first(root, "image").unlink()
+
+
+def store_of_another_signature(root: Path) -> None:
+    (meta,) = (root / "cache").rglob("meta.json")
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "signature": "0" * 64}))
+
+
+def teacher_checkpoint_of_another_architecture(root: Path) -> None:
+    """A tiny SAM in the official MedSAM file name, where the full ViT-B one is expected."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    (root / "weights").mkdir()
+    encoder = ImageEncoderViT(**SAM_PRESETS["tiny"])
+    state = {f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}
+    torch.save(state, root / "weights/medsam_vit_b.pth")
+
+
+def segmenter_of_another_architecture(root: Path) -> None:
+    torch.save(VFSSSegmenter("resnet18", num_classes=5).state_dict(), root / "models/model.pt")
+
+
+def nothing(root: Path) -> None:
+    pass
+
+
+CASES: dict[str, tuple[Callable[[Path], None], dict, str]] = {
+    # name: (what the user got wrong on disk, config overrides, regex the error must match)
+    "corrupt PNG": (corrupt_png, {}, r"0000\.png cannot be read as an image"),
+    "truncated NIfTI": (truncated_nifti, {}, r"0000\.nii\.gz cannot be read as NIfTI"),
+    "label channels": (wrong_channel_count, {}, r"0000\.nii\.gz has 2 channels but there are 12 tasks"),
+    "empty datalist": (empty_datalist, {}, r"datalist\.json: every split .* is empty"),
+    "study in two splits": (study_in_two_splits, {}, r"study 's\d+' is in both 'training' and 'validation'"),
+    "frame size": (frame_of_another_size, {}, rf"0000\.png is 32x32 but the dataset's frames are {SIZE}x{SIZE}"),
+    "colour frame": (colour_frame, {}, r"0000\.png has PIL mode 'RGB'"),
+    "16-bit frame": (sixteen_bit_frame, {}, r"0000\.png has PIL mode 'I;16'"),
+    "missing frame": (missing_frame, {}, r"0000\.png"),
+    "task list": (nothing, {"tasks": ["bolus", "pharynx"]}, r"was built for tasks .*set `tasks` in the config"),
+    "store signature": (store_of_another_signature, {}, r"medsam-\w+ does not match teacher 'medsam' \(signature"),
+    "teacher checkpoint": (
+        teacher_checkpoint_of_another_architecture,
+        {"teacher_preset": "full", "teacher_dir": "$@bundle_root + '/weights'"},
+        r"medsam_vit_b\.pth",
+    ),
+    "unknown teacher": (nothing, {"teachers": ["medsam", "dinov9"]}, r"unknown teacher 'dinov9'; known teachers"),
+    "unknown backbone": (nothing, {"student": "efficientvit_b9"}, r"unknown student backbone 'efficientvit_b9'"),
+    "unknown balancing": (nothing, {"balancing": "softmax"}, r"unknown loss balancer 'softmax'; choose one of"),
+    "other settings": (nothing, {"seg_epochs": 3}, r"stage 'segmentation' already finished .* different configuration"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_training_stops_with_a_clear_error_and_changes_nothing(bundle, case):
+    break_it, overrides, message = CASES[case]
+    break_it(bundle)
+    before = _tree(bundle)
+    with pytest.raises(Exception) as err:
+        _run("training", bundle, **overrides)
+    assert re.search(message, _messages(err.value)), _messages(err.value)
+    after = _tree(bundle)
+    assert {k: after.get(k) for k in before} == before
+    assert all(k.startswith("logs/") for k in set(after) - set(before)), sorted(set(after) - set(before))
+
+
+def test_evaluating_a_checkpoint_of_another_architecture_names_it(bundle):
+    segmenter_of_another_architecture(bundle)
+    before = _tree(bundle)
+    with pytest.raises(Exception) as err:
+        _run("evaluating", bundle, config="configs/evaluate.yaml")
+    assert "model.pt does not match VFSSSegmenter(backbone='efficientvit_b0', num_classes=12" in _messages(err.value)
+    assert "looks like backbone='resnet18' with 5 classes" in _messages(err.value)
+    after = _tree(bundle)
+    assert {k: after.get(k) for k in before} == before
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOSPC, "No space left on device"), PermissionError(errno.EACCES, "Permission denied")],
+    ids=["disk-full", "read-only"],
+)
+def test_a_report_that_cannot_be_written_keeps_the_previous_one(bundle, monkeypatch, failure):
+    """The stages are done, the test report is written again, and every write under eval/ fails."""
+    eval_dir = bundle / "eval"
+    originals = {"write_text": Path.write_text, "write_bytes": Path.write_bytes, "save": Image.Image.save}
+
+    def failing(name: str) -> Callable:
+        def write(target, *args, **kwargs):
+            path = Path(args[0]) if name == "save" else target
+            if eval_dir in path.parents:
+                raise failure
+            return originals[name](target, *args, **kwargs)
+
+        return write
+
+    for name, owner in (("write_text", Path), ("write_bytes", Path), ("save", Image.Image)):
+        monkeypatch.setattr(owner, name, failing(name))
+    before = _tree(bundle)
+    with pytest.raises(Exception) as err:  # MONAI raises a RuntimeError from our OSError
+        _run("training", bundle)
+    assert f"could not write {eval_dir / 'report.json'} ({failure.strerror})" in _messages(err.value)
+    after = _tree(bundle)
+    assert {k: after.get(k) for k in before} == before
+    assert all(k.startswith("logs/") for k in set(after) - set(before))  # the run record, no temporary files
