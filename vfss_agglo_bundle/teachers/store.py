@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vfss_agglo_bundle.data.datalist import frame_key
+from vfss_agglo_bundle.data.io import atomic_path, write_json
 from vfss_agglo_bundle.data.views import DEFAULT_VIEW_STRENGTH, apply_view, view_params
 from vfss_agglo_bundle.teachers.base import Teacher
 
@@ -89,19 +89,6 @@ def stored_grid(native: Sequence[int], grid: GridSpec) -> tuple[int, int]:
 
 def _json_normal(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:
@@ -175,7 +162,7 @@ class TeacherFeatureStore:
             self.meta["views"] = max(self.views, int(found.get("views", 1)))
             if self.meta["views"] == found.get("views"):
                 return
-        _write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(self.meta, indent=2) + "\n"))
+        write_json(meta_path, self.meta, overwrite=True)
 
     def path(self, key: str, view: int) -> Path:
         """File of (frame ``key``, ``view``)."""
@@ -251,7 +238,8 @@ class TeacherFeatureStore:
                     f"teacher {self.teacher.name} gave non-finite {name} values for {key} view {view} after the "
                     "cast to float16 (overflow?); check the teacher and its input."
                 )
-        _write_atomic(self.path(key, view), lambda tmp: save_file(tensors, str(tmp)))
+        with atomic_path(self.path(key, view), overwrite=True, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp))
 
     def reader(self) -> TeacherFeatureReader:
         """A reader of this store."""
