@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from vfss_agglo_bundle.data.io import save_torch
 
 __all__ = [
     "LOSSES",
@@ -207,20 +208,11 @@ class PHIStandardizer(nn.Module):
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         return self.standardize(dense)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the statistics to ``path`` (a ``.pt`` dict of tensors) atomically."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the statistics to ``path`` (a ``.pt`` dict of tensors) atomically; an existing file is kept unless
+        ``overwrite``."""
         self._check_fitted()
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({k: v.cpu() for k, v in self.state_dict().items()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_torch({k: v.cpu() for k, v in self.state_dict().items()}, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PHIStandardizer:
