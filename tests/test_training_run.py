@@ -95,6 +95,11 @@ def test_training_runs_every_stage_and_writes_outputs(trained):
         and "configs/train.yaml" in record["config_files"]
         and "--bundle_root" in record["command"]
     )
+    # each stage's resolved settings, readable, and the fingerprint its completion record holds
+    assert record["settings"]["stage1"]["epochs"] == 2 and record["settings"]["stage1"]["balancing"] == "attention"
+    assert record["settings"]["stage2"]["tasks"] == datalist["tasks"]
+    for stage, key in (("distillation", "stage1_fingerprint"), ("segmentation", "stage2_fingerprint")):
+        assert json.loads((root / f"models/{stage}.done.json").read_text())["fingerprint"] == record["settings"][key]
 
 
 @pytest.mark.slow
