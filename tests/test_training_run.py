@@ -149,6 +149,9 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
     assert len(masks) == 3 and nib.load(str(masks[0])).shape == (96, 80, 12)  # [W, H, T] at the frame's own size
     assert len(list((out / "overlays/studyA").glob("*.png"))) == 3
     assert (out / "videos/studyA.gif").stat().st_size > 0
+    (record,) = out.glob("inferring-*.json")  # which model made these masks, from which input
+    settings = json.loads(record.read_text())["settings"]
+    assert settings["model_sha256"] == file_sha256(root / "models/model.pt") and settings["input"] == str(frames)
     again = bundle("inferring", "configs/inference.json", *args, check=False)
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr  # earlier outputs are never replaced
 
