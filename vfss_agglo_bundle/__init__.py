@@ -2,6 +2,6 @@
 
 from vfss_agglo_bundle.tasks import DEFAULT_TASKS
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["DEFAULT_TASKS", "__version__"]
