@@ -78,7 +78,7 @@ def test_overlay_disables_only_logging_handlers_and_keeps_the_initialisation():
         assert disabled[section] == logging_ones, (section, [h["_target_"] for h in handlers])
     # an overlay replaces whole top-level keys: every step of train.yaml's initialize must still be there
     assert set(train["initialize"]) <= set(overlay["initialize"])
-    assert overlay["finalize"] == ["$dist.is_initialized() and dist.destroy_process_group()"]
+    assert overlay["finalize"] == ["$vfss_agglo_bundle.engines.shutdown_distributed()"]
     assert "DistributedDataParallel" in overlay["distill#network"]["_target_"]
     assert "DistributedDataParallel" in overlay["network"]["_target_"]
     # the overlay rebuilds common.yaml's `test` block key by key (it is a macro in train.yaml): none may be missing
@@ -167,3 +167,18 @@ def test_two_processes_on_cpu_train_identical_students(tmp_path):
     assert read_json(root / "eval/report.json")["num_frames"] == test_frames  # every test frame, counted once
     events = list((root / "logs").rglob("events.out.tfevents.*"))
     assert events and len({p.name.rsplit(".", 2)[1] for p in events}) == 1, [p.name for p in events]  # <host>.<pid>.<n>
+
+
+def test_shutdown_distributed_frees_the_group_held_by_ddp_wrappers(tmp_path):
+    """A DDP wrapper the config still holds must not keep the gloo group alive until interpreter exit."""
+    import torch.distributed as dist
+
+    from vfss_agglo_bundle.engines import shutdown_distributed
+
+    shutdown_distributed()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+    ddp(torch.ones(1, 2)).sum().backward()
+    shutdown_distributed()
+    assert not dist.is_initialized()
+    assert not {"reducer", "logger", "process_group"} & set(vars(ddp))
