@@ -104,6 +104,29 @@ def save_torch(obj: Any, path: PathLike, overwrite: bool = False) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def read_state_dict(path: PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Read a flat state dict of tensors written by ``torch.save`` (on the CPU, ``weights_only``).
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message names ``what``).
+        ValueError: the file is not a readable torch file, or not a flat ``{name: tensor}`` dict.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for unreadable or non-tensor pickles
+        raise ValueError(f"cannot read {what} {path} ({type(err).__name__}: {err}).") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{path} is not a flat state dict of tensors; save it with torch.save(model.state_dict(), path)."
+        )
+    return state
+
+
 def write_json(path: PathLike, obj: Any, overwrite: bool = False, keep_old: bool = False) -> None:
     """Write ``obj`` as indented JSON, atomically (``overwrite`` and ``keep_old`` as in :func:`atomic_path`)."""
     with atomic_path(path, overwrite=overwrite, suffix=".json", keep_old=keep_old) as tmp:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vfss_agglo_bundle.data.io import save_torch
+from vfss_agglo_bundle.data.io import read_state_dict, save_torch
 
 __all__ = [
     "LOSSES",
@@ -217,14 +217,8 @@ class PHIStandardizer(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> PHIStandardizer:
         """Read statistics written by :meth:`save`."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"PHI-S statistics not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"cannot read PHI-S statistics {path}: {err}") from err
-        if not isinstance(state, Mapping) or "mean" not in state or "rotation" not in state:
+        state = read_state_dict(path, "PHI-S statistics")
+        if "mean" not in state or "rotation" not in state:
             raise ValueError(f"{path} is not a PHI-S statistics file (expected keys mean, rotation, alpha, count)")
         standardizer = cls(int(state["mean"].shape[0]))
         standardizer.load_state_dict(state, strict=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from vfss_agglo_bundle.data.io import read_state_dict
 from vfss_agglo_bundle.networks.decoder import LightDecoder
 from vfss_agglo_bundle.networks.student import StudentEncoder, identify_backbone
 from vfss_agglo_bundle.tasks import DEFAULT_TASKS
@@ -60,17 +60,7 @@ class VFSSSegmenter(nn.Module):
             ValueError: the file is not a flat state dict, or it is for another backbone, number of tasks or decoder
                 width (the message says which backbone and how many tasks it looks like).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"segmenter checkpoint {path} not found; train the model first or pass its path.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for unreadable or non-tensor pickles
-            raise ValueError(f"cannot read {path} as a state dict ({type(err).__name__}: {err}).") from err
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(
-                f"{path} is not a flat state dict of tensors; save it with torch.save(model.state_dict(), path)."
-            )
+        state = read_state_dict(path, "segmenter checkpoint")
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         if {k: tuple(v.shape) for k, v in state.items()} != expected:
             encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vfss_agglo_bundle.data.io import read_state_dict
+
 __all__ = ["MIN_REDUCTION", "SUPPORTED_BACKBONES", "StudentEncoder", "check_backbone", "identify_backbone"]
 
 logger = logging.getLogger(__name__)
@@ -113,17 +115,7 @@ class StudentEncoder(nn.Module):
             FileNotFoundError: the file does not exist.
             ValueError: the file is not a state dict of tensors, or it is for another architecture.
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"student encoder weights not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"cannot read student encoder weights {path}: {err}") from err
-        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(
-                f"{path} is not a flat state dict of tensors; save it with torch.save(encoder.state_dict(), path)"
-            )
+        state = read_state_dict(path, "student encoder weights")
         if _shape_signature(state) != _shape_signature(self.state_dict()):
             found = identify_backbone(state)
             what = f"a {found!r} encoder" if found else "no supported student encoder"
