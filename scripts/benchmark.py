@@ -13,7 +13,8 @@ Writes ``<out_dir>/benchmark.{json,md}`` (``run``) or ``<out_dir>/inference_abla
 existing report is kept beside it under its timestamp. Prints the Markdown table and the teacher/student speed
 ratios at batch 1.
 
-``GOMP_SPINCOUNT`` defaults to 10000 here (set it in the environment to override): with OpenMP's default spinning,
+``GOMP_SPINCOUNT`` defaults to 10000 here (set before the package, and so torch, is imported; set it in the
+environment to override): with OpenMP's default spinning,
 torch with 2 threads on a 2-core machine runs up to 100x slower whenever another process is busy (measured: a
 9 ms segmenter call took 2 s), which would make every timing on a shared machine meaningless; 10000 costs about
 5-10% on an idle machine. ``OMP_WAIT_POLICY=PASSIVE`` protects as well but is 2.5x slower on an idle machine.
@@ -21,33 +22,24 @@ torch with 2 threads on a 2-core machine runs up to 100x slower whenever another
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # must be set before torch (and its OpenMP) is loaded
-
 import logging
+import os
 from collections.abc import Sequence
 
 import fire
-
-from vfss_agglo_bundle.benchmark import TEACHER_NAMES, inference_ablation, run_benchmark, to_markdown, write_report
-from vfss_agglo_bundle.networks import SUPPORTED_BACKBONES
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
-
-
-def _names(value: str | Sequence[str]) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [str(v) for v in value]
+from vfss_agglo_bundle.data.tasks import NUM_DEFAULT_TASKS
+from vfss_agglo_bundle.utils.cli import split_names
 
 
 def run(
-    backbones: str | Sequence[str] = ",".join(SUPPORTED_BACKBONES),
-    teachers: str | Sequence[str] = ",".join(TEACHER_NAMES),
+    backbones: str | Sequence[str] | None = None,
+    teachers: str | Sequence[str] | None = None,
     teacher_dir: str | None = None,
     full_size_random: bool = False,
     include_medsam: bool = False,
     image_size: int = 256,
     batch_size: int = 8,
-    num_classes: int = len(DEFAULT_TASKS),
+    num_classes: int = NUM_DEFAULT_TASKS,
     threads: int = 2,
     devices: str | Sequence[str] | None = None,
     optimized: bool = True,
@@ -60,10 +52,16 @@ def run(
     slow_seconds: float = 30.0,
     out_dir: str = "eval/benchmark",
 ) -> None:
-    """Time students, teachers and distillation steps in one process; write JSON + Markdown, print the ratios."""
+    """Time students, teachers and distillation steps in one process; write JSON + Markdown, print the ratios.
+
+    ``backbones`` defaults to every supported student, ``teachers`` to every teacher family.
+    """
+    from vfss_agglo_bundle.benchmark import TEACHER_NAMES, run_benchmark, to_markdown, write_report
+    from vfss_agglo_bundle.networks.student import SUPPORTED_BACKBONES
+
     report = run_benchmark(
-        backbones=_names(backbones),
-        teachers=_names(teachers),
+        backbones=split_names(SUPPORTED_BACKBONES if backbones is None else backbones),
+        teachers=split_names(TEACHER_NAMES if teachers is None else teachers),
         teacher_dir=teacher_dir,
         full_size_random=full_size_random,
         include_medsam=include_medsam,
@@ -71,7 +69,7 @@ def run(
         batch_size=batch_size,
         num_classes=num_classes,
         threads=threads,
-        devices=None if devices is None else _names(devices),
+        devices=None if devices is None else split_names(devices),
         optimized=optimized,
         onnx=onnx,
         onnx_dynamo=onnx_dynamo,
@@ -97,10 +95,12 @@ def ablate(
     threads: int = 2,
     video_batch: int = 8,
     rounds: int = 30,
-    num_classes: int = len(DEFAULT_TASKS),
+    num_classes: int = NUM_DEFAULT_TASKS,
     out_dir: str = "eval/benchmark",
 ) -> None:
     """Before/after per-frame CPU latency of each inference setting, measured interleaved; writes JSON + Markdown."""
+    from vfss_agglo_bundle.benchmark import inference_ablation, write_report
+
     report = inference_ablation(backbone, image_size, threads, video_batch, rounds, num_classes)
     json_path, md_path = write_report(report, out_dir, stem="inference_ablation")
     print(report["markdown"])
@@ -108,6 +108,7 @@ def ablate(
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # before torch (and its OpenMP) is loaded by run / ablate
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("vfss_agglo_bundle").setLevel(logging.INFO)  # progress per model, not the exporters' chatter
     fire.Fire({"run": run, "ablate": ablate})

@@ -16,16 +16,12 @@ from collections.abc import Sequence
 
 import fire
 import torch
-
 from vfss_agglo_bundle.data.datalist import frame_key, load_datalist
-from vfss_agglo_bundle.data.io import read_json
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
 from vfss_agglo_bundle.teachers.registry import build_teachers
 from vfss_agglo_bundle.teachers.store import fill_store
-
-
-def _names(value: str | Sequence[str]) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [str(v) for v in value]
+from vfss_agglo_bundle.utils.cli import split_names
+from vfss_agglo_bundle.utils.io import read_json
 
 
 def cache(
@@ -46,12 +42,12 @@ def cache(
     if threads:
         torch.set_num_threads(int(threads))
     size = int(image_size or read_json(datalist)["image_size"])
-    items = [item for split in _names(splits) for item in load_datalist(datalist, split)]
+    items = [item for split in split_names(splits) for item in load_datalist(datalist, split)]
     loader = LoadVFSSFramed(keys=("image",), image_size=size)
-    built = build_teachers(_names(teachers), teacher_dir, preset)
+    built = build_teachers(split_names(teachers), teacher_dir, preset)
     readers = fill_store(built, items, cache_dir, lambda item: loader(item)["image"], views, grid, batch_size, device)
     keys = [frame_key(item) for item in items]
-    print(f"{len(items)} frames x {views} views from {datalist} ({', '.join(_names(splits))}), image size {size}")
+    print(f"{len(items)} frames x {views} views from {datalist} ({', '.join(split_names(splits))}), image size {size}")
     for name, reader in readers.items():
         stored = [reader.path(k, v).stat().st_size for k in keys for v in range(views)]
         per_frame = sum(stored) / max(len(keys), 1)

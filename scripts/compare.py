@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 import fire
-
 from vfss_agglo_bundle.compare import compare, default_teacher_sets
 
 

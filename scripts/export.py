@@ -19,12 +19,8 @@ import logging
 from collections.abc import Sequence
 
 import fire
-
 from vfss_agglo_bundle.export import export_segmenter
-
-
-def _names(value: str | Sequence[str]) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [str(v) for v in value]
+from vfss_agglo_bundle.utils.cli import split_names
 
 
 def export(
@@ -52,12 +48,12 @@ def export(
         backbone=backbone,
         num_classes=num_classes,
         image_size=image_size,
-        formats=_names(formats),
+        formats=split_names(formats),
         datalist=datalist,
         split=split,
         max_frames=max_frames,
         batch_size=batch_size,
-        tasks=None if tasks is None else _names(tasks),
+        tasks=None if tasks is None else split_names(tasks),
         decoder_width=decoder_width,
         opset=opset,
         dynamo=dynamo,

@@ -13,10 +13,9 @@ import logging
 import sys
 
 import fire
-
 from vfss_agglo_bundle.data import prepare
 from vfss_agglo_bundle.data.datalist import validate_datalist
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
 
 def synth(

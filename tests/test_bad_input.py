@@ -19,13 +19,12 @@ import monai.bundle
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
-
-from vfss_agglo_bundle.data.io import write_label
+from vfss_agglo_bundle.data.formats import write_label
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 from vfss_agglo_bundle.teachers.medsam import PRESETS as SAM_PRESETS
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(phantom_studies=3, phantom_frames=4, image_size=64, teacher_preset="tiny", teachers=["medsam"],
             distill_epochs=1, seg_epochs=1, val_interval=1, distill_batch_size=2, seg_batch_size=2)  # fmt: skip
 SIZE = TINY["image_size"]
@@ -161,7 +160,7 @@ CASES: dict[str, tuple[Callable[[Path], None], dict, str]] = {
         {"teacher_preset": "full", "teacher_dir": "$@bundle_root + '/weights'"},
         r"medsam_vit_b\.pth",
     ),
-    "unknown teacher": (nothing, {"teachers": ["medsam", "dinov9"]}, r"unknown teacher 'dinov9'; known teachers"),
+    "unknown teacher": (nothing, {"teachers": ["medsam", "dinov9"]}, r"unknown teacher 'dinov9'; choose one of"),
     "unknown backbone": (nothing, {"student": "efficientvit_b9"}, r"unknown student backbone 'efficientvit_b9'"),
     "unknown balancing": (nothing, {"balancing": "softmax"}, r"unknown loss balancer 'softmax'; choose one of"),
     "other settings": (nothing, {"seg_epochs": 3}, r"stage 'segmentation' already finished .* different configuration"),

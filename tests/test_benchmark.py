@@ -2,12 +2,11 @@
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
-
+from conftest import ROOT
 from vfss_agglo_bundle.benchmark import (
     FULL_RANDOM,
     MIN_RUNS,
@@ -18,7 +17,6 @@ from vfss_agglo_bundle.benchmark import (
     count_flops,
     count_params,
     describe_machine,
-    full_size_random_teacher,
     inference_ablation,
     measure,
     run_benchmark,
@@ -27,10 +25,7 @@ from vfss_agglo_bundle.benchmark import (
     to_markdown,
     write_report,
 )
-
-torch.set_num_threads(2)
-
-ROOT = Path(__file__).resolve().parents[1]
+from vfss_agglo_bundle.teachers.registry import build_teacher
 
 
 def test_count_flops_and_params_of_a_conv():
@@ -67,7 +62,7 @@ def test_teacher_weight_labels(tmp_path):
     assert labels == {"litemedsam": REAL, "medsam": TINY, "medclip": FULL_RANDOM}
     labels = {t.name: t.weights for t in teacher_targets(names, tmp_path, include_medsam=True)}
     assert labels == {"litemedsam": REAL, "medsam": FULL_RANDOM, "medclip": TINY}
-    with pytest.raises(ValueError, match="unknown teachers"):
+    with pytest.raises(ValueError, match="unknown teacher"):
         teacher_targets(["sam3"])
 
 
@@ -82,7 +77,7 @@ def test_teacher_weight_labels(tmp_path):
     ],
 )
 def test_full_size_random_teachers_have_the_real_architecture(name, params_m, grid, dense_dim):
-    teacher = full_size_random_teacher(name)
+    teacher = build_teacher(name, preset="full", random_weights=True)
     assert teacher.name == name and teacher.grid == grid and teacher.dense_dim == dense_dim
     assert count_params(teacher) / 1e6 == pytest.approx(params_m, rel=0.02)
 

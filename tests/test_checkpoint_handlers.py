@@ -3,7 +3,6 @@
 from types import SimpleNamespace
 
 import torch
-
 from vfss_agglo_bundle.handlers.checkpoint import BestCheckpoint
 
 

@@ -1,19 +1,15 @@
-"""configs/common.yaml: parses, and its transforms give canonical, aligned tensors with and without augmentation."""
-
-from pathlib import Path
+"""configs/common.yaml and train.yaml's augmentation: parse, and give canonical, aligned tensors."""
 
 import numpy as np
 import torch
+from conftest import ROOT
 from monai.bundle import ConfigParser
-
-from vfss_agglo_bundle.data.io import write_frame, write_label
-
-ROOT = Path(__file__).resolve().parents[1]
+from vfss_agglo_bundle.data.formats import write_frame, write_label
 
 
-def _parser(**overrides) -> ConfigParser:
+def _parser(config: str = "configs/common.yaml", **overrides) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(ROOT / "configs/common.yaml")
+    parser.read_config(ROOT / config)
     parser.update(overrides)
     return parser
 
@@ -47,8 +43,9 @@ def test_eval_transforms_are_canonical(tmp_path):
     assert torch.equal(out["image_shape"], torch.tensor([96, 96]))
 
 
-def test_train_augmentation_moves_image_and_label_together(tmp_path):
-    parser = _parser(tasks=["a", "b"], image_size=64)
+def test_train_augmentation_moves_image_and_label_together(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # train.yaml pulls common.yaml in by a path relative to the bundle root
+    parser = _parser("configs/train.yaml", tasks=["a", "b"], image_size=64)
     transforms = parser.get_parsed_content("train_transforms")
     transforms.set_random_state(seed=0)
     item = _blob_item(tmp_path)

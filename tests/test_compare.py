@@ -3,13 +3,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
+from conftest import ROOT
 from vfss_agglo_bundle.compare import comparison_markdown, comparison_table, default_teacher_sets
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_sets():

@@ -6,18 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from vfss_agglo_bundle.data.datalist import build_datalist, load_datalist
-from vfss_agglo_bundle.data.io import (
-    DataFormatError,
-    read_frame,
-    read_label,
-    to_grey_uint8,
-    write_frame,
-    write_json,
-    write_label,
-)
+from vfss_agglo_bundle.data.formats import read_frame, read_label, to_grey_uint8, write_frame, write_label
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
+from vfss_agglo_bundle.utils.io import DataFormatError, write_json
 
 
 def _asymmetric_case(h: int = 48, w: int = 80) -> tuple[np.ndarray, np.ndarray]:

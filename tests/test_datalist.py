@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from vfss_agglo_bundle.data.datalist import (
     SPLITS,
     build_datalist,
@@ -14,7 +13,8 @@ from vfss_agglo_bundle.data.datalist import (
     split_studies,
     validate_datalist,
 )
-from vfss_agglo_bundle.data.io import write_frame, write_json, write_label
+from vfss_agglo_bundle.data.formats import write_frame, write_label
+from vfss_agglo_bundle.utils.io import write_json
 
 TASKS = ["bolus", "pharynx", "c1"]
 

@@ -8,10 +8,6 @@ Data: a 64x64 phantom (4 studies x 4 frames, 8 training frames) with 2 stored vi
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/open_clip are imported
-
 import json
 import logging
 from dataclasses import dataclass
@@ -19,31 +15,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from monai.data import DataLoader, Dataset
 from monai.handlers import LrScheduleHandler
+from monai.inferers import SimpleInferer
 from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import Compose, RandAdjustContrastd, RandGaussianNoised
 from torch import nn
-
 from vfss_agglo_bundle.data.datalist import load_datalist
-from vfss_agglo_bundle.data.distill_data import ApplyViewd, teacher_specs, view_items, view_strength
 from vfss_agglo_bundle.data.prepare import synthesize_dataset
-from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
+from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.transforms import ApplyViewd, LoadTeacherFeaturesd, LoadVFSSFramed
+from vfss_agglo_bundle.data.views import view_items
 from vfss_agglo_bundle.engines import DistillationTrainer, distill_logs
-from vfss_agglo_bundle.engines.pipeline import file_sha256
 from vfss_agglo_bundle.handlers import EpochSeed, ResumeCheckpoint
 from vfss_agglo_bundle.losses import DistillationLoss, build_balancer
 from vfss_agglo_bundle.networks.adaptors import DistillationModel
 from vfss_agglo_bundle.networks.student import StudentEncoder
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.teachers.prepare import teacher_specs, view_strength
 from vfss_agglo_bundle.teachers.registry import build_teachers
-from vfss_agglo_bundle.teachers.store import LoadTeacherFeaturesd, fill_store
+from vfss_agglo_bundle.teachers.store import fill_store
+from vfss_agglo_bundle.utils.io import file_sha256
 
-torch.set_num_threads(1)  # 2 threads on 2 shared cores can be 30x slower (OpenMP spin-waiting)
-
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 TEACHERS = ["medsam", "rad_dino", "medclip"]
 VIEWS = 2
@@ -154,7 +149,7 @@ def make_run(
         optimizer=optimizer,
         loss_function=loss or DistillationLoss(TEACHERS),
         balancer=balancer,
-        teachers=online,
+        teacher_models=online,
         **kwargs,
     )
     history: list[dict[str, float]] = []
@@ -240,7 +235,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(store, tmp_pa
     resumed = _train_with_resume(store, tmp_path / "cut.pt", init_seed=1)
     assert resumed.trainer.state.epoch == 2 and resumed.trainer.state.iteration == 2 * EPOCH
     assert len(resumed.history) == EPOCH
-    for step, (got, want) in enumerate(zip(resumed.history, full.history[EPOCH:])):
+    for step, (got, want) in enumerate(zip(resumed.history, full.history[EPOCH:], strict=True)):
         assert got == pytest.approx(want, abs=1e-6), f"iteration {EPOCH + step + 1}"
     _assert_same_state(full.model, resumed.model)
     _assert_same_state(full.balancer, resumed.balancer)
@@ -278,7 +273,7 @@ class _Messages(logging.Handler):
 def _stage1(bundle_root: Path, **overrides) -> tuple[bool, str, list[str]]:
     """Parse configs/train.yaml as `monai.bundle run training` does, then run only data, store and stage 1.
 
-    Returns whether stage 1 ran, its fingerprint and the messages of the ``vfss_agglo`` logger.
+    Returns whether stage 1 ran, its fingerprint and the messages of the package's loggers.
     """
     settings = {
         "bundle_root": str(bundle_root),
@@ -300,14 +295,14 @@ def _stage1(bundle_root: Path, **overrides) -> tuple[bool, str, list[str]]:
         **settings,
     )
     logs = _Messages()
-    logger = logging.getLogger("vfss_agglo")
+    logger = logging.getLogger("vfss_agglo_bundle")
     logger.addHandler(logs)
     try:
         workflow.initialize()
         for key in ("prepare_data", "teacher_store"):
             workflow.parser.get_parsed_content(key)
-        ran = workflow.parser.get_parsed_content("distill#run")
-        fingerprint = workflow.parser.get_parsed_content("distill#fingerprint")
+        stage = workflow.parser.get_parsed_content("distill#stage")
+        ran, fingerprint = stage.run(), stage.fingerprint
         workflow.finalize()
     finally:
         logger.removeHandler(logs)
@@ -339,3 +334,23 @@ def test_training_config_runs_skips_and_refuses_stage1(tmp_path, monkeypatch):
         cause = cause.__cause__
     assert any("different configuration" in text for text in chain), chain
     assert file_sha256(models / "student_encoder.pt") == encoder_digest
+
+
+def test_the_trainer_uses_its_prepare_batch_and_inferer(store):
+    """A custom ``prepare_batch`` gives the image and a custom ``inferer`` runs the forward (neither is ignored)."""
+    seen = {"prepare": 0, "inferer": [], "network_inputs": []}
+
+    def prepare_batch(batchdata, device, non_blocking, **kwargs):
+        seen["prepare"] += 1
+        return batchdata["image"].to(device) * 0.0, None  # a black image: the network must get exactly this
+
+    class CountingInferer(SimpleInferer):
+        def __call__(self, inputs, network, *args, **kwargs):
+            seen["inferer"].append(tuple(inputs.shape))
+            return super().__call__(inputs, network, *args, **kwargs)
+
+    run = make_run(store, "fixed", prepare_batch=prepare_batch, inferer=CountingInferer())
+    run.model.register_forward_pre_hook(lambda module, args: seen["network_inputs"].append(args[0].abs().max()))
+    run.trainer.run()
+    assert seen["prepare"] == EPOCH and seen["inferer"] == [(BATCH, 1, SIZE, SIZE)] * EPOCH
+    assert seen["network_inputs"] == [0.0] * EPOCH

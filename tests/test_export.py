@@ -8,21 +8,18 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-
-from vfss_agglo_bundle.data.io import write_frame, write_json
+from vfss_agglo_bundle.data.formats import write_frame
 from vfss_agglo_bundle.export import (
-    conv_bn_pairs,
     export_onnx,
     export_segmenter,
     export_torchscript,
     load_segmenter,
     mask_dice,
-    optimize_for_inference,
     parity_check,
 )
 from vfss_agglo_bundle.networks import SUPPORTED_BACKBONES, VFSSSegmenter
-
-torch.set_num_threads(2)
+from vfss_agglo_bundle.networks.fusion import conv_bn_pairs, optimize_for_inference
+from vfss_agglo_bundle.utils.io import write_json
 
 SIZE = 64
 CLASSES = 3

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-
 from vfss_agglo_bundle.losses import (
     BALANCERS,
     LOSSES,
@@ -19,7 +18,6 @@ from vfss_agglo_bundle.losses import (
     mse,
 )
 
-torch.set_num_threads(2)
 NAMES = ["medsam", "rad_dino", "medclip"]
 
 

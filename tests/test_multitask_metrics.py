@@ -8,9 +8,8 @@ import torch
 from monai.engines import SupervisedEvaluator
 from monai.handlers import from_engine
 from monai.transforms import Activationsd, AsDiscreted, Compose
-
-from vfss_agglo_bundle.engines.multitask_evaluator import MultiTaskSegMetrics, segmentation_scores
 from vfss_agglo_bundle.handlers.report import MultiTaskReport
+from vfss_agglo_bundle.metrics.multitask import MultiTaskSegMetrics, segmentation_scores
 
 
 def test_scores_by_hand():

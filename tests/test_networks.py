@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-
 from vfss_agglo_bundle.networks import (
     SUPPORTED_BACKBONES,
     DistillationModel,
@@ -14,8 +13,6 @@ from vfss_agglo_bundle.networks import (
     identify_backbone,
     resize_to_grid,
 )
-
-torch.set_num_threads(2)
 
 # Tiny stand-ins for the real teachers' output grids (MedSAM 64x64, RAD-DINO 37x37 + CLS, MedCLIP 7x7 + summary)
 # plus a non-square one.
@@ -34,7 +31,7 @@ def test_student_levels_and_summary(name):
         maps = encoder(torch.rand(2, 1, 64, 64))
     assert encoder.reductions == [4, 8, 16, 32]
     assert len(maps) == len(encoder.channels) == 4
-    for feat, channels, reduction in zip(maps, encoder.channels, encoder.reductions):
+    for feat, channels, reduction in zip(maps, encoder.channels, encoder.reductions, strict=True):
         assert feat.shape == (2, channels, 64 // reduction, 64 // reduction)
     assert encoder.summary(maps).shape == (2, encoder.summary_dim)
     assert encoder.summary_dim == encoder.channels[-1]
@@ -127,7 +124,7 @@ def test_segmenter_output_at_256_and_512():
 
 
 def test_segmenter_default_channels_follow_default_tasks():
-    from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+    from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
     model = VFSSSegmenter().eval()
     with torch.no_grad():

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 from scipy import ndimage
-
 from vfss_agglo_bundle.data.phantom import KNOWN_STRUCTURES, PhantomConfig, render_frame, sample_anatomy, simulate_study
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
 CFG = PhantomConfig(image_size=128)
 SEEDS = range(6)
@@ -33,7 +32,7 @@ def test_default_tasks_are_known():
 def test_same_seed_is_byte_identical():
     cfg = PhantomConfig(image_size=96, num_frames=6)
     first, second = simulate_study(11, cfg), simulate_study(11, cfg)
-    for (img_a, lab_a), (img_b, lab_b) in zip(first, second):
+    for (img_a, lab_a), (img_b, lab_b) in zip(first, second, strict=True):
         assert img_a.tobytes() == img_b.tobytes()
         assert lab_a.tobytes() == lab_b.tobytes()
 
@@ -75,7 +74,7 @@ def test_task_subset_and_order():
     cfg = PhantomConfig(image_size=96, num_frames=8)
     full = simulate_study(2, cfg)
     subset = simulate_study(2, cfg, tasks=("c7", "bolus"))
-    for (img_full, lab_full), (img_sub, lab_sub) in zip(full, subset):
+    for (img_full, lab_full), (img_sub, lab_sub) in zip(full, subset, strict=True):
         assert np.array_equal(img_full, img_sub)
         assert lab_sub.shape == (2, 96, 96)
         assert np.array_equal(lab_sub[0], lab_full[channel("c7")])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
-
 from vfss_agglo_bundle.data.datalist import SPLITS, validate_datalist
-from vfss_agglo_bundle.data.io import read_frame, read_label
+from vfss_agglo_bundle.data.formats import read_frame, read_label
 from vfss_agglo_bundle.data.prepare import (
     ensure_dataset,
     import_mask_folder,
@@ -19,7 +19,6 @@ from vfss_agglo_bundle.data.prepare import (
     synthesize_dataset,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["bolus", "pharynx", "c2"]
 
 

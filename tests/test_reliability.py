@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
+from vfss_agglo_bundle.data.formats import write_frame
+from vfss_agglo_bundle.utils.io import save_torch, write_json
 
-from vfss_agglo_bundle.data.io import save_torch, write_frame, write_json
-
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--phantom_studies", "3", "--phantom_frames", "4", "--image_size", "64", "--teacher_preset", "tiny",
         "--teachers", "['medsam']", "--distill_epochs", "2", "--seg_epochs", "4", "--val_interval", "1",
         "--distill_batch_size", "2", "--seg_batch_size", "2"]  # fmt: skip
@@ -53,7 +53,7 @@ KILL_POINTS = {
                 "models/distillation.done.json", "distillation_resume.pt at epoch 1, iteration 2"),
     "stage 2": ("monai.engines:SupervisedTrainer._iteration", 5, "models/segmentation.done.json",
                 "segmentation_resume.pt at epoch 2, iteration 4"),
-    "evaluation": ("vfss_agglo_bundle.handlers.report:_write_text", 1, "eval/report.csv", "kept the previous"),
+    "evaluation": ("vfss_agglo_bundle.handlers.report:write_text", 1, "eval/report.csv", "kept the previous"),
 }  # fmt: skip
 
 

@@ -6,10 +6,6 @@ rtol 1e-3 / atol 1e-3 (float16 has 11 significant bits: relative error <= 4.9e-4
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/open_clip are imported
-
 import importlib.util
 import json
 import pickle
@@ -21,13 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-
+from vfss_agglo_bundle.data.transforms import LoadTeacherFeaturesd
 from vfss_agglo_bundle.data.views import apply_view, view_params
 from vfss_agglo_bundle.teachers import store as store_module
 from vfss_agglo_bundle.teachers.registry import build_teachers
-from vfss_agglo_bundle.teachers.store import LoadTeacherFeaturesd, TeacherFeatureReader, TeacherFeatureStore, fill_store
-
-torch.set_num_threads(2)
+from vfss_agglo_bundle.teachers.store import TeacherFeatureReader, TeacherFeatureStore, fill_store
 
 SIZE = 48
 HEADER_MAX = 256  # safetensors header bytes for one or two small tensors

@@ -4,18 +4,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
-
-from vfss_agglo_bundle.engines.pipeline import file_sha256
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+from vfss_agglo_bundle.utils.io import file_sha256
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--phantom_studies",
     "4",
@@ -96,10 +94,17 @@ def test_training_runs_every_stage_and_writes_outputs(trained):
         and "--bundle_root" in record["command"]
     )
     # each stage's resolved settings, readable, and the fingerprint its completion record holds
-    assert record["settings"]["stage1"]["epochs"] == 2 and record["settings"]["stage1"]["balancing"] == "attention"
-    assert record["settings"]["stage2"]["tasks"] == datalist["tasks"]
-    for stage, key in (("distillation", "stage1_fingerprint"), ("segmentation", "stage2_fingerprint")):
-        assert json.loads((root / f"models/{stage}.done.json").read_text())["fingerprint"] == record["settings"][key]
+    stage1, stage2 = record["stages"]["distillation"]["settings"], record["stages"]["segmentation"]["settings"]
+    assert stage1["trainer"]["state"]["max_epochs"] == 2
+    assert stage1["trainer"]["balancer"]["class"].endswith("AttentionBalancer")
+    assert stage1["trainer"]["balancer"]["teacher_names"] == ["medsam", "rad_dino", "medclip"]
+    assert stage2["trainer"]["network"]["num_classes"] == 12 and stage2["validation"]["key_metric"]
+    assert stage2["validation"]["key_metric"]["val_mean_dice"]["tasks"] == datalist["tasks"]
+    assert stage2["after"] == {"distillation": record["stages"]["distillation"]["fingerprint"]}
+    for stage in ("distillation", "segmentation"):
+        done = json.loads((root / f"models/{stage}.done.json").read_text())
+        assert done["fingerprint"] == record["stages"][stage]["fingerprint"]
+        assert done["settings"] == record["stages"][stage]["settings"]
 
 
 @pytest.mark.slow
@@ -150,8 +155,9 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
     assert len(list((out / "overlays/studyA").glob("*.png"))) == 3
     assert (out / "videos/studyA.gif").stat().st_size > 0
     (record,) = out.glob("inferring-*.json")  # which model made these masks, from which input
-    settings = json.loads(record.read_text())["settings"]
-    assert settings["model_sha256"] == file_sha256(root / "models/model.pt") and settings["input"] == str(frames)
+    record = json.loads(record.read_text())
+    assert record["files"]["model"]["sha256"] == file_sha256(root / "models/model.pt")
+    assert record["settings"]["input"] == str(frames)
     again = bundle("inferring", "configs/inference.json", *args, check=False)
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr  # earlier outputs are never replaced
 
@@ -159,7 +165,7 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
 @pytest.mark.parametrize(
     "override, message",
     [
-        (["--teachers", "['medsam','dinov9']"], "unknown teacher 'dinov9'; known teachers"),
+        (["--teachers", "['medsam','dinov9']"], "unknown teacher 'dinov9'; choose one of"),
         (["--teachers", "['medsam']", "--teacher_preset", "full"], "medsam_vit_b.pth"),
         (["--teacher_preset", "huge"], "unknown teacher preset 'huge'"),
     ],

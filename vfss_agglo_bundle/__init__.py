@@ -1,6 +1,6 @@
 """vfss-agglo: agglomerative distillation of medical vision foundation models for VFSS segmentation."""
 
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
 __version__ = "0.3.0"
 

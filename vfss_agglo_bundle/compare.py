@@ -16,8 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vfss_agglo_bundle.data.io import atomic_path, write_json
 from vfss_agglo_bundle.handlers.report import markdown_table
+from vfss_agglo_bundle.utils.io import atomic_path, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ def compare(
     )
     text = "Test Dice per task (`scripts/compare.py`)\n\n" + comparison_markdown(names, rows) + "\n"
     text += "".join(f"\n### {n}\n\n{markdown_table(reports[n]['rows'])}\n" for n in names)
-    with atomic_path(out_dir / "compare.md", suffix=".md", keep_old=True) as tmp:
-        tmp.write_text(text)
+    write_text(out_dir / "compare.md", text, keep_old=True)
     bar_chart(names, rows, out_dir / "compare.png")
     logger.info("comparison written to %s", out_dir / "compare.md")
     return out_dir / "compare.md"

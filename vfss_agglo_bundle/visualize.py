@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-from vfss_agglo_bundle.data.io import PathLike, atomic_path
+from vfss_agglo_bundle.utils.io import PathLike, atomic_path
 
 # Twelve well-separated colours (tab20-like); more tasks cycle through the HSV wheel.
 _PALETTE = np.array(
@@ -59,7 +58,7 @@ def overlay(
         grey = grey * 255.0
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     colours = (task_colours(len(masks)) if colours is None else np.asarray(colours)).astype(np.float32)
-    for mask, colour in zip(np.asarray(masks) > 0.5, colours):
+    for mask, colour in zip(np.asarray(masks) > 0.5, colours, strict=False):
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
         if outline:
             edge = mask & ~_erode(mask)
@@ -101,7 +100,7 @@ def legend(tasks: Sequence[str], width: int) -> np.ndarray:
     rows = -(-len(tasks) // per_row)
     strip = Image.new("RGB", (width, rows * 16 + 4), (0, 0, 0))
     draw = ImageDraw.Draw(strip)
-    for i, (name, colour) in enumerate(zip(tasks, colours)):
+    for i, (name, colour) in enumerate(zip(tasks, colours, strict=True)):
         r, c = divmod(i, per_row)
         x, y = c * 90 + 4, r * 16 + 3
         draw.rectangle((x, y + 2, x + 10, y + 12), fill=tuple(int(v) for v in colour))

@@ -8,13 +8,14 @@ are nearly identical, so a frame-level split leaks.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from vfss_agglo_bundle.data.io import DataFormatError, PathLike, read_frame, read_json, read_label
+from vfss_agglo_bundle.data.formats import read_frame, read_label
+from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, read_json
 
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
 
@@ -73,7 +74,7 @@ def build_datalist(
 
 
 def load_datalist(path: PathLike, split: str, tasks: Sequence[str] | None = None) -> list[dict]:
-    """Read one split of a datalist with ``image``/``label`` made absolute.
+    """Read one split of a datalist with ``image``/``label`` as absolute paths.
 
     Args:
         path: the datalist JSON.
@@ -85,7 +86,7 @@ def load_datalist(path: PathLike, split: str, tasks: Sequence[str] | None = None
     if split not in datalist:
         raise KeyError(f"{path} has no {split!r} list (it has {sorted(k for k in datalist if k in SPLITS)}).")
     check_tasks(datalist, tasks, path)
-    base = path.parent
+    base = Path(os.path.abspath(path)).parent
     items = []
     for item in datalist[split]:
         item = dict(item)

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
 __all__ = [
     "KNOWN_STRUCTURES",
     "PhantomConfig",
     "StudyAnatomy",
-    "check_tasks",
+    "phantom_tasks",
     "render_frame",
     "sample_anatomy",
     "simulate_study",
@@ -71,6 +70,9 @@ class PhantomConfig:
             raise ValueError(f"PhantomConfig.image_size must be >= 32, got {self.image_size}")
         if self.num_frames < 1:
             raise ValueError(f"PhantomConfig.num_frames must be >= 1, got {self.num_frames}")
+
+
+DEFAULT_CONFIG = PhantomConfig()
 
 
 @dataclass
@@ -123,8 +125,8 @@ class StudyAnatomy:
     texture_seed: int
 
 
-def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    """Validate task names against :data:`KNOWN_STRUCTURES`; return them as a tuple."""
+def phantom_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """Validate task names against the structures the phantom draws (:data:`KNOWN_STRUCTURES`); return a tuple."""
     tasks = tuple(tasks)
     if not tasks:
         raise ValueError(f"tasks is empty; pick names from the known structures {list(KNOWN_STRUCTURES)}")
@@ -134,7 +136,7 @@ def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     return tasks
 
 
-def sample_anatomy(rng: np.random.Generator, cfg: PhantomConfig = PhantomConfig()) -> StudyAnatomy:
+def sample_anatomy(rng: np.random.Generator, cfg: PhantomConfig = DEFAULT_CONFIG) -> StudyAnatomy:
     """Draw one study's anatomy, pose, exposure and swallow timing."""
     u = rng.uniform
     bolus_start = u(0.06, 0.22)
@@ -634,7 +636,7 @@ def render_frame(
     anatomy: StudyAnatomy,
     t: float,
     rng: np.random.Generator,
-    cfg: PhantomConfig = PhantomConfig(),
+    cfg: PhantomConfig = DEFAULT_CONFIG,
     tasks: Sequence[str] = DEFAULT_TASKS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render the frame at swallow phase ``t`` in [0, 1].
@@ -642,7 +644,7 @@ def render_frame(
     Returns the image, uint8 [S, S] (dense is dark, black outside the circular field), and the labels,
     uint8 {0, 1} [T, S, S] in ``tasks`` order. ``rng`` draws the quantum noise only.
     """
-    tasks = check_tasks(tasks)
+    tasks = phantom_tasks(tasks)
     size = cfg.image_size
     px = size / 256.0
     scene = _build_scene(anatomy, t)
@@ -684,10 +686,10 @@ def render_frame(
 
 
 def simulate_study(
-    seed: int, cfg: PhantomConfig = PhantomConfig(), tasks: Sequence[str] = DEFAULT_TASKS
+    seed: int, cfg: PhantomConfig = DEFAULT_CONFIG, tasks: Sequence[str] = DEFAULT_TASKS
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One swallow: ``cfg.num_frames`` pairs (image uint8 [S, S], labels uint8 [T, S, S]), same seed -> same bytes."""
-    tasks = check_tasks(tasks)
+    tasks = phantom_tasks(tasks)
     rng = np.random.default_rng(seed)
     anatomy = sample_anatomy(rng, cfg)
     phases = np.linspace(0.0, 1.0, cfg.num_frames)

@@ -12,22 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
-
 from vfss_agglo_bundle.data.datalist import build_datalist, check_tasks, load_datalist, validate_datalist
-from vfss_agglo_bundle.data.io import (
-    DataFormatError,
-    PathLike,
-    read_frame,
-    read_json,
-    read_label,
-    read_video,
-    to_grey_uint8,
-    write_frame,
-    write_json,
-    write_label,
-)
+from vfss_agglo_bundle.data.formats import read_frame, read_label, read_video, to_grey_uint8, write_frame, write_label
 from vfss_agglo_bundle.data.phantom import PhantomConfig, simulate_study
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, read_json, write_json
 from vfss_agglo_bundle.visualize import contact_sheet, legend, overlay, save_png
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from vfss_agglo_bundle.data.datalist import frame_key
 
-__all__ = ["DEFAULT_VIEW_STRENGTH", "apply_view", "view_params"]
+__all__ = ["DEFAULT_VIEW_STRENGTH", "apply_view", "view_items", "view_params"]
 
 DEFAULT_VIEW_STRENGTH: dict[str, float | tuple[float, float]] = {
     "rotation": 10.0,
@@ -82,3 +83,8 @@ def apply_view(image: Tensor, params: Mapping[str, float], mode: str = "bilinear
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
     return out.to(image.dtype)
+
+
+def view_items(items: Sequence[Mapping], views: int) -> list[dict]:
+    """Repeat each datalist item once per view, adding ``frame_key`` and ``view`` (the items of stage 1)."""
+    return [{**item, "frame_key": frame_key(item), "view": v} for item in items for v in range(views)]

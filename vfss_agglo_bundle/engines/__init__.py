@@ -1,6 +1,5 @@
-"""MONAI/Ignite engines of the bundle."""
+"""The bundle's own Ignite engines (MONAI ``Workflow`` subclasses)."""
 
 from vfss_agglo_bundle.engines.distill_trainer import DistillationTrainer, distill_logs
-from vfss_agglo_bundle.engines.distributed import shutdown_distributed
 
-__all__ = ["DistillationTrainer", "distill_logs", "shutdown_distributed"]
+__all__ = ["DistillationTrainer", "distill_logs"]

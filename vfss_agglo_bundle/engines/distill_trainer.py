@@ -5,7 +5,7 @@
 :class:`~vfss_agglo_bundle.losses.distill.DistillationLoss` giving one loss per teacher, and a balancer
 (:mod:`vfss_agglo_bundle.losses.balancing`) turns those into the total. Targets come from the teacher feature
 store (batch keys ``<teacher>_dense`` ``[B,C,h,w]`` and ``<teacher>_summary`` ``[B,D]``) or, for teachers passed
-in ``teachers``, from frozen teachers run online on the batch image.
+in ``teacher_models``, from frozen teachers run online on the batch image.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch import nn
-
 from vfss_agglo_bundle.losses.distill import DistillationLoss
+from vfss_agglo_bundle.utils.distributed import broadcast_from_main, is_distributed, mean_over_ranks
 
 
 def distill_logs(output: Mapping[str, Any]) -> dict[str, float]:
@@ -42,10 +41,12 @@ class DistillationTrainer(SupervisedTrainer):
         loss_function: per-teacher ``DistillationLoss``.
         balancer: module mapping ``{teacher: loss}`` to ``(total, {teacher: weight})``. Its parameters must be in
             ``optimizer``; under DDP their gradients are averaged across ranks here.
-        teachers: optional ``{name: Teacher}`` computed online (frozen, never wrapped in DDP); teachers not listed
-            are read from the batch.
+        teacher_models: optional ``{name: Teacher}`` computed online (frozen, never wrapped in DDP); teachers not
+            listed are read from the batch.
         grad_clip: max gradient norm (``None``: no clipping).
         kwargs: any other ``SupervisedTrainer`` argument (``train_handlers``, ``amp``, ``accumulation_steps``, ...).
+            ``prepare_batch`` gives the image (its first element; the teacher targets are read from the batch
+            itself) and ``inferer(image, network)`` runs the forward, so it must return the network's dict.
 
     ``engine.state.output`` holds ``image`` and the detached scalars ``loss``, ``loss_<teacher>`` and
     ``weight_<teacher>`` (feature maps are not kept, so nothing large is decollated or logged).
@@ -60,7 +61,7 @@ class DistillationTrainer(SupervisedTrainer):
         optimizer: torch.optim.Optimizer,
         loss_function: DistillationLoss,
         balancer: nn.Module,
-        teachers: Mapping[str, nn.Module] | None = None,
+        teacher_models: Mapping[str, nn.Module] | None = None,
         grad_clip: float | None = 1.0,
         **kwargs: Any,
     ) -> None:
@@ -75,7 +76,7 @@ class DistillationTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.balancer = balancer
-        self.teachers = {name: teacher.to(device) for name, teacher in (teachers or {}).items()}
+        self.teacher_models = {name: teacher.to(device) for name, teacher in (teacher_models or {}).items()}
         self.teacher_names = list(loss_function.teacher_names)
         self.grad_clip = grad_clip
         self.add_event_handler(Events.STARTED, lambda _: self._broadcast_balancer())
@@ -85,8 +86,8 @@ class DistillationTrainer(SupervisedTrainer):
     ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
         targets = {}
         for name in self.teacher_names:
-            if name in self.teachers:
-                out = self.teachers[name](image)
+            if name in self.teacher_models:
+                out = self.teacher_models[name](image)
                 targets[name] = (out.summary, out.dense)
                 continue
             if f"{name}_dense" not in batchdata:
@@ -103,17 +104,15 @@ class DistillationTrainer(SupervisedTrainer):
 
     def _broadcast_balancer(self) -> None:
         """Start every rank from rank 0's balancer parameters (DDP does this for the network only)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for p in self.balancer.parameters():
-                dist.broadcast(p.data, src=0)
+        for p in self.balancer.parameters():
+            broadcast_from_main(p.data)
 
     def _sync_balancer_grads(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not is_distributed():
             return
         for p in self.balancer.parameters():
             if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= dist.get_world_size()
+                p.grad.copy_(mean_over_ranks(p.grad))
 
     def _clip_and_step(self, engine: DistillationTrainer) -> None:
         self._sync_balancer_grads()
@@ -137,13 +136,13 @@ class DistillationTrainer(SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         # a plain tensor: a MetaTensor would make the losses, and so the balancer's buffers, MetaTensors that the
         # resume checkpoint cannot be read back from (torch.load with weights_only=True refuses them)
-        image = batchdata[Keys.IMAGE].to(engine.state.device, non_blocking=engine.non_blocking)
-        image = image.as_subclass(torch.Tensor)
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        image = batch[0].as_subclass(torch.Tensor)
         engine.state.output = {Keys.IMAGE: image}
 
         def _forward_and_loss() -> torch.Tensor:
             targets = self._targets(batchdata, image)
-            outputs = engine.network(image)
+            outputs = engine.inferer(image, engine.network)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             losses = engine.loss_function(outputs, targets)
             total, weights = self.balancer(losses)

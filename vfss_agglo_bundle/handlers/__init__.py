@@ -2,7 +2,7 @@
 
 from vfss_agglo_bundle.handlers.checkpoint import BestCheckpoint, ModelLoader, ResumeCheckpoint
 from vfss_agglo_bundle.handlers.inference_writer import InferenceWriter
-from vfss_agglo_bundle.handlers.progress import ProgressBar
+from vfss_agglo_bundle.handlers.progress import ProgressHandler
 from vfss_agglo_bundle.handlers.report import MultiTaskReport
 from vfss_agglo_bundle.handlers.seeding import EpochSeed
 
@@ -12,6 +12,6 @@ __all__ = [
     "InferenceWriter",
     "ModelLoader",
     "MultiTaskReport",
-    "ProgressBar",
+    "ProgressHandler",
     "ResumeCheckpoint",
 ]

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from torch.nn.parallel import DistributedDataParallel
-
-from vfss_agglo_bundle.data.io import save_torch
-from vfss_agglo_bundle.engines.pipeline import save_state_dict
+from vfss_agglo_bundle.utils.distributed import is_main_process, unwrap_ddp
+from vfss_agglo_bundle.utils.io import save_torch
+from vfss_agglo_bundle.utils.state_dict import save_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +63,10 @@ class ResumeCheckpoint:
         logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)
 
     def save(self, engine: Engine) -> None:
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        if not is_main_process():
             return
-        objects = {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
+        objects = {name: unwrap_ddp(obj).state_dict() for name, obj in self.objects.items()}
         save_torch({"fingerprint": self.fingerprint, "objects": objects}, self.path, overwrite=True)
-
-
-def _unwrap(obj: Any) -> Any:
-    return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
 
 class BestCheckpoint:
@@ -131,6 +126,5 @@ class ModelLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        network = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
-        network.load_checkpoint(self.load_path)
+        unwrap_ddp(self.network).load_checkpoint(self.load_path)
         logger.info("loaded %s", self.load_path)

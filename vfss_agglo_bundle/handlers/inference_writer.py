@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
-
-from vfss_agglo_bundle.data.io import atomic_path, read_frame, write_frame, write_label
+from vfss_agglo_bundle.data.formats import read_frame, write_frame, write_label
+from vfss_agglo_bundle.utils.io import atomic_path
 from vfss_agglo_bundle.visualize import legend, overlay, save_png
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class InferenceWriter:
         engine.add_event_handler(Events.COMPLETED, self._write_videos)
 
     def _write_frames(self, engine: Engine) -> None:
-        for item, data in zip(engine.state.output, engine.state.batch):
+        for item, data in zip(engine.state.output, engine.state.batch, strict=True):
             study, frame = str(data["study"]), int(data["frame"])
             height, width = (int(v) for v in data["image_shape"])
             pred = item["pred"].detach().float().cpu()
@@ -65,7 +65,7 @@ class InferenceWriter:
             name = f"{study}/{frame:04d}"
             write_label(self.output_dir / "masks" / f"{name}.nii.gz", masks)
             if self.png_masks:
-                for task, mask in zip(self.tasks, masks):
+                for task, mask in zip(self.tasks, masks, strict=True):
                     write_frame(self.output_dir / "masks_png" / f"{name}_{task}.png", mask * 255)
             picture = overlay(read_frame(data["image_path"]), masks)
             path = self.output_dir / "overlays" / f"{name}.png"

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ignite.engine import Engine
-from ignite.handlers import ProgressBar as IgniteProgressBar
+from ignite.handlers import ProgressBar
 
 
-class ProgressBar:
+class ProgressHandler:
     """Attach ignite's tqdm ``ProgressBar`` to an engine, showing ``output_transform(engine.state.output)``.
 
     Args:
@@ -22,5 +22,5 @@ class ProgressBar:
         self.desc = desc
 
     def attach(self, engine: Engine) -> None:
-        bar = IgniteProgressBar(persist=True, desc=self.desc or None)
+        bar = ProgressBar(persist=True, desc=self.desc or None)
         bar.attach(engine, output_transform=self.output_transform)

@@ -8,11 +8,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from ignite.engine import Engine, Events
-
-from vfss_agglo_bundle.data.io import atomic_path, write_json
-from vfss_agglo_bundle.engines.multitask_evaluator import METRICS, segmentation_scores
+from vfss_agglo_bundle.metrics.multitask import METRICS, segmentation_scores
+from vfss_agglo_bundle.utils.distributed import is_main_process
+from vfss_agglo_bundle.utils.io import write_json, write_text
 from vfss_agglo_bundle.visualize import contact_sheet, overlay, save_png, task_colours
 
 logger = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class MultiTaskReport:
         self._frames += len(outputs)
         if not self.overlays:
             return
-        for item, data in zip(outputs, batch):
+        for item, data in zip(outputs, batch, strict=True):
             pred, label = item["pred"].detach().cpu(), item["label"].detach().cpu()
             dice = segmentation_scores(pred[None], label[None], hd95=False)["dice"][0]
             name = Path(str(data.get("image_path", "frame"))).as_posix().split("/")[-2:]
@@ -76,7 +75,7 @@ class MultiTaskReport:
                     self._worst[t] = record
 
     def _write(self, engine: Engine) -> None:
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        if not is_main_process():
             return
         metrics = engine.state.metrics[self.metric_name]
         rows = [{"task": t, **{m: metrics[f"{m}_{t}"] for m in METRICS if f"{m}_{t}" in metrics}} for t in self.tasks]
@@ -84,8 +83,10 @@ class MultiTaskReport:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         report = {"num_frames": self._frames, "tasks": self.tasks, "rows": rows, "empty_masks": EMPTY_POLICY}
         write_json(self.output_dir / "report.json", report, keep_old=True)
-        _write_text(self.output_dir / "report.csv", _csv(rows))
-        _write_text(self.output_dir / "report.md", markdown_table(rows) + f"\n\nEmpty masks: {EMPTY_POLICY}.\n")
+        write_text(self.output_dir / "report.csv", _csv(rows), keep_old=True)
+        write_text(
+            self.output_dir / "report.md", markdown_table(rows) + f"\n\nEmpty masks: {EMPTY_POLICY}.\n", keep_old=True
+        )
         if self.overlays:
             self._write_overlays()
         logger.info(
@@ -128,8 +129,3 @@ def _csv(rows: Sequence[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path, suffix=path.suffix, keep_old=True) as tmp:
-        tmp.write_text(text)

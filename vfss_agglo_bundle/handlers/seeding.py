@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.distributed as dist
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
 from monai.utils import set_determinism
@@ -26,8 +26,7 @@ class EpochSeed:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        seed = self.seed + engine.state.epoch + self.RANK_STRIDE * rank
+        seed = self.seed + engine.state.epoch + self.RANK_STRIDE * idist.get_rank()
         set_determinism(seed=seed)
         dataset = getattr(engine.data_loader, "dataset", None)
         if dataset is not None:

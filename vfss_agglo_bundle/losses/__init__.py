@@ -1,4 +1,4 @@
-"""Distillation losses, PHI-S standardisation and teacher loss balancing."""
+"""Distillation losses, target standardisation (PHI-S) and teacher loss balancing."""
 
 from vfss_agglo_bundle.losses.balancing import (
     BALANCERS,
@@ -10,16 +10,8 @@ from vfss_agglo_bundle.losses.balancing import (
     build_balancer,
     check_balancing,
 )
-from vfss_agglo_bundle.losses.distill import (
-    LOSSES,
-    DistillationLoss,
-    PHIStandardizer,
-    cosine,
-    cosine_smooth_l1,
-    get_loss,
-    hadamard_matrix,
-    mse,
-)
+from vfss_agglo_bundle.losses.distill import LOSSES, DistillationLoss, cosine, cosine_smooth_l1, get_loss, mse
+from vfss_agglo_bundle.losses.standardize import PHIStandardizer, hadamard_matrix
 
 __all__ = [
     "BALANCERS",

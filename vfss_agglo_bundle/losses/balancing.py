@@ -43,8 +43,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
+from vfss_agglo_bundle.utils.distributed import mean_over_ranks
+from vfss_agglo_bundle.utils.registry import check_name, lookup
 
 __all__ = [
     "BALANCERS",
@@ -58,30 +59,24 @@ __all__ = [
 ]
 
 
-def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Detached copy of ``x`` averaged over all ranks (just detached when not distributed)."""
-    x = x.detach().clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
-
-
 def _zero_valued(objective: torch.Tensor) -> torch.Tensor:
     """A scalar equal to 0 whose gradient is the gradient of ``objective``."""
     return objective - objective.detach()
 
 
 class LossBalancer(nn.Module):
-    """Base class: checks the loss dict, keeps the last weights for logging."""
+    """Base class: checks the loss dict, keeps the last weights for logging.
+
+    An empty teacher list (training from scratch, where stage 1 is skipped) gives a balancer with no weights.
+    """
 
     def __init__(self, teacher_names: Sequence[str]) -> None:
         super().__init__()
         self.teacher_names = list(teacher_names)
-        if not self.teacher_names or len(set(self.teacher_names)) != len(self.teacher_names):
+        if len(set(self.teacher_names)) != len(self.teacher_names):
             raise ValueError(f"a balancer needs distinct teacher names, got {self.teacher_names}")
         k = len(self.teacher_names)
-        self.register_buffer("last_weights", torch.full((k,), 1.0 / k), persistent=False)
+        self.register_buffer("last_weights", torch.full((k,), 1.0 / max(k, 1)), persistent=False)
 
     @property
     def num_teachers(self) -> int:
@@ -102,7 +97,7 @@ class LossBalancer(nn.Module):
     def _finish(self, total: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         self.last_weights.copy_(weights.detach())
         values = weights.detach().cpu().tolist()
-        return total, dict(zip(self.teacher_names, values))
+        return total, dict(zip(self.teacher_names, values, strict=True))
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """``{teacher: scalar loss}`` -> ``(total scalar, {teacher: weight})``."""
@@ -128,9 +123,9 @@ class FixedBalancer(LossBalancer):
             values = [float(w) for w in weights]
             if len(values) != self.num_teachers:
                 raise ValueError(f"fixed balancer needs {self.num_teachers} weights, got {len(values)}")
-        if min(values) < 0 or sum(values) <= 0:
+        if values and (min(values) < 0 or sum(values) <= 0):
             raise ValueError(f"fixed balancer weights must be >= 0 with a positive sum, got {values}")
-        self.register_buffer("fixed_weights", torch.tensor(values) / sum(values))
+        self.register_buffer("fixed_weights", torch.tensor(values) / max(sum(values), 1e-12))
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         vec = self._stack(losses)
@@ -148,7 +143,7 @@ class UncertaintyBalancer(LossBalancer):
         vec = self._stack(losses)
         u = self.log_var
         value = (torch.exp(-u).detach() * vec + u.detach() / 2).sum()
-        objective = (torch.exp(-u) * _mean_over_ranks(vec) + u / 2).sum()
+        objective = (torch.exp(-u) * mean_over_ranks(vec) + u / 2).sum()
         return self._finish(value + _zero_valued(objective), torch.softmax(-u.detach(), dim=0))
 
 
@@ -174,13 +169,13 @@ class _GuardedBalancer(LossBalancer):
         super().__init__(teacher_names)
         k = self.num_teachers
         self.temperature = float(temperature)
-        self.min_weight = 0.5 / k if min_weight is None else float(min_weight)
+        self.min_weight = 0.5 / max(k, 1) if min_weight is None else float(min_weight)
         self.ref_steps = int(ref_steps)
         self.momentum = float(momentum)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= self.min_weight <= 1.0 / k:
-            raise ValueError(f"min_weight must be in [0, 1/K] = [0, {1.0 / k:.4f}], got {self.min_weight}")
+        if not 0.0 <= self.min_weight <= 1.0 / max(k, 1):
+            raise ValueError(f"min_weight must be in [0, 1/K] = [0, {1.0 / max(k, 1):.4f}], got {self.min_weight}")
         if self.ref_steps < 1 or not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"need ref_steps >= 1 and 0 <= momentum < 1, got {ref_steps}, {momentum}")
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -207,7 +202,7 @@ class _GuardedBalancer(LossBalancer):
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         vec = self._stack(losses)
-        ref, rel = self._relative(_mean_over_ranks(vec))
+        ref, rel = self._relative(mean_over_ranks(vec))
         probs = torch.softmax(self.logits(rel), dim=0)
         k = self.num_teachers
         weights = self.min_weight + (1.0 - k * self.min_weight) * probs
@@ -259,11 +254,9 @@ BALANCERS: dict[str, type[LossBalancer]] = {
 
 def check_balancing(name: str) -> None:
     """Raise a ``ValueError`` listing the balancers when ``name`` is not one of them."""
-    if name not in BALANCERS:
-        raise ValueError(f"unknown loss balancer {name!r}; choose one of {sorted(BALANCERS)}")
+    check_name(name, BALANCERS, "loss balancer")
 
 
 def build_balancer(name: str, teacher_names: Sequence[str], **kwargs: object) -> LossBalancer:
     """Balancer by name (``fixed``, ``uncertainty``, ``mlp``, ``attention``); ``kwargs`` go to its constructor."""
-    check_balancing(name)
-    return BALANCERS[name](teacher_names, **kwargs)
+    return lookup(name, BALANCERS, "loss balancer")(teacher_names, **kwargs)

@@ -17,29 +17,15 @@ neck, which made distillation head-bound on CPU (the student itself is 0.23 GFLO
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
-
 from vfss_agglo_bundle.networks.student import StudentEncoder
+from vfss_agglo_bundle.teachers.base import TeacherSpec
 
-__all__ = ["DenseAdaptor", "DistillationModel", "FeatureFusion", "SummaryAdaptor", "TeacherSpec", "resize_to_grid"]
-
-
-class TeacherSpec(NamedTuple):
-    """What the student must predict for one teacher.
-
-    dense_dim: channels of the teacher's dense map.
-    grid: ``(h, w)`` of the teacher's dense map (as stored in the feature store).
-    summary_dim: length of the teacher's summary vector, or None when it has none.
-    """
-
-    dense_dim: int
-    grid: tuple[int, int]
-    summary_dim: int | None = None
+__all__ = ["DenseAdaptor", "DistillationModel", "FeatureFusion", "SummaryAdaptor", "resize_to_grid"]
 
 
 def resize_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -67,7 +53,7 @@ class FeatureFusion(nn.Module):
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         size = maps[1].shape[-2:]
         fused = self.lateral[1](maps[1]) + F.adaptive_avg_pool2d(self.lateral[0](maps[0]), size)
-        for proj, feat in zip(self.lateral[2:], maps[2:]):
+        for proj, feat in zip(self.lateral[2:], maps[2:], strict=True):
             fused = fused + F.interpolate(proj(feat), size=size, mode="bilinear", align_corners=False)
         return self.out(fused)
 
@@ -114,7 +100,8 @@ class DistillationModel(nn.Module):
 
     Args:
         student: the encoder being distilled; ``self.student.state_dict()`` is what stage 1 saves.
-        teachers: teacher name -> :class:`TeacherSpec`. Empty: the model is just the student and
+        specs: teacher name -> :class:`~vfss_agglo_bundle.teachers.base.TeacherSpec` of what its head predicts
+            (e.g. ``teachers.prepare.teacher_specs(readers)``). Empty: the model is just the student and
             ``forward`` returns ``{}`` (from-scratch baseline).
         hidden_dim: hidden width of every head; default ``max`` over the teachers' dense and summary dims.
         fusion_dim: width of the fused stride-8 map.
@@ -123,24 +110,24 @@ class DistillationModel(nn.Module):
     def __init__(
         self,
         student: StudentEncoder,
-        teachers: Mapping[str, TeacherSpec],
+        specs: Mapping[str, TeacherSpec],
         hidden_dim: int | None = None,
         fusion_dim: int = 128,
     ) -> None:
         super().__init__()
         self.student = student
-        self.teachers = {name: TeacherSpec(*spec) for name, spec in teachers.items()}
+        self.specs = {name: TeacherSpec(*spec) for name, spec in specs.items()}
         self.fusion: FeatureFusion | None = None
         self.dense_heads = nn.ModuleDict()
         self.summary_heads = nn.ModuleDict()
-        if not self.teachers:
+        if not self.specs:
             return
         if hidden_dim is None:
-            dims = [s.dense_dim for s in self.teachers.values()]
-            dims += [s.summary_dim for s in self.teachers.values() if s.summary_dim is not None]
+            dims = [s.dense_dim for s in self.specs.values()]
+            dims += [s.summary_dim for s in self.specs.values() if s.summary_dim is not None]
             hidden_dim = max(dims)
         self.fusion = FeatureFusion(student.channels, fusion_dim)
-        for name, spec in self.teachers.items():
+        for name, spec in self.specs.items():
             self.dense_heads[name] = DenseAdaptor(fusion_dim, spec.dense_dim, spec.grid, hidden_dim)
             if spec.summary_dim is not None:
                 self.summary_heads[name] = SummaryAdaptor(student.summary_dim, spec.summary_dim, hidden_dim)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 import torch.nn as nn
-
-from vfss_agglo_bundle.data.io import read_state_dict
+from vfss_agglo_bundle.data.tasks import NUM_DEFAULT_TASKS
 from vfss_agglo_bundle.networks.decoder import LightDecoder
 from vfss_agglo_bundle.networks.student import StudentEncoder, identify_backbone
-from vfss_agglo_bundle.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.utils.state_dict import read_state_dict
 
 __all__ = ["VFSSSegmenter"]
+
+logger = logging.getLogger(__name__)
 
 
 class VFSSSegmenter(nn.Module):
@@ -31,7 +33,7 @@ class VFSSSegmenter(nn.Module):
     def __init__(
         self,
         backbone: str = "efficientvit_b0",
-        num_classes: int = len(DEFAULT_TASKS),
+        num_classes: int = NUM_DEFAULT_TASKS,
         decoder_width: int = 64,
         encoder_weights: str | os.PathLike | None = None,
     ) -> None:
@@ -48,9 +50,27 @@ class VFSSSegmenter(nn.Module):
         """``x [B, 1, S, S]`` -> logits ``[B, num_classes, S, S]``."""
         return self.decoder(self.encoder(x), [x.shape[-2], x.shape[-1]])
 
-    def load_encoder(self, path: str | os.PathLike) -> None:
-        """Load a stage-1 flat encoder state dict; ValueError naming the file and both architectures on mismatch."""
+    def load_encoder(self, path: str | os.PathLike | None) -> None:
+        """Load a stage-1 flat encoder state dict; ValueError naming the file and both architectures on mismatch.
+
+        ``None`` (no distillation stage ran: training from scratch) keeps the encoder's own initialisation.
+        """
+        if path is None:
+            logger.info(
+                "no distilled encoder to load: the %s encoder starts from its own initialisation", self.backbone
+            )
+            return
         self.encoder.load_weights(path)
+
+    def param_groups(self, lr: float, encoder_lr_scale: float = 1.0, freeze_encoder: bool = False) -> list[dict]:
+        """Optimizer parameter groups for stage 2: the encoder at ``lr * encoder_lr_scale``, then the decoder.
+
+        ``freeze_encoder`` turns the encoder's ``requires_grad`` off here (before any DDP wrapper registers the
+        parameters) and leaves it out of the groups, so only the decoder is trained.
+        """
+        self.encoder.requires_grad_(not freeze_encoder)
+        groups = [] if freeze_encoder else [{"params": list(self.encoder.parameters()), "lr": lr * encoder_lr_scale}]
+        return groups + [{"params": list(self.decoder.parameters())}]
 
     def load_checkpoint(self, path: str | os.PathLike) -> VFSSSegmenter:
         """Strictly load a flat state dict of the whole segmenter (``models/model.pt``); returns ``self``.

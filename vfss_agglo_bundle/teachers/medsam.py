@@ -19,14 +19,12 @@ from typing import Any
 import torch.nn as nn
 from segment_anything.modeling import ImageEncoderViT
 from torch import Tensor
-
 from vfss_agglo_bundle.teachers.base import (
     Teacher,
-    TeacherBuilder,
     TeacherOutput,
     load_checked,
-    load_state_file,
     minmax_per_image,
+    read_checkpoint,
     resize_square,
     seeded,
 )
@@ -109,7 +107,7 @@ class MedSAMTeacher(Teacher):
 
 def load_sam_image_encoder(path: Path, config: dict[str, Any]) -> ImageEncoderViT:
     """Build an encoder with ``config`` and strictly load the ``image_encoder.*`` weights of a SAM checkpoint."""
-    state = load_state_file(path)
+    state = read_checkpoint(path)
     prefix = "image_encoder."
     encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not encoder_state:
@@ -122,20 +120,11 @@ def load_sam_image_encoder(path: Path, config: dict[str, Any]) -> ImageEncoderVi
     return encoder
 
 
-def build_medsam(weights: Path | None, preset: str = "full") -> MedSAMTeacher:
-    """MedSAM teacher from a checkpoint file, or random weights (fixed seed) for ``preset="tiny"`` without one."""
+def build(weights: Path | None, preset: str = "full") -> MedSAMTeacher:
+    """MedSAM teacher from a checkpoint file, or with random weights (fixed seed) of the preset's architecture."""
     config = PRESETS[preset]
     if weights is not None:
         return MedSAMTeacher(load_sam_image_encoder(weights, config), config)
-    if preset != "tiny":
-        raise FileNotFoundError("MedSAM needs a checkpoint (medsam_vit_b.pth) for the full preset.")
     with seeded():
         encoder = sam_image_encoder(config)
     return MedSAMTeacher(encoder, config)
-
-
-BUILDER = TeacherBuilder(
-    build=build_medsam,
-    weights="medsam_vit_b.pth",
-    source="MedSAM checkpoint medsam_vit_b.pth from https://github.com/bowang-lab/MedSAM (README, 'Model Checkpoints')",
-)

@@ -18,15 +18,20 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import Dinov2Config, Dinov2Model
+from vfss_agglo_bundle.teachers.base import Teacher, TeacherOutput, resize_square, seeded
 
-from vfss_agglo_bundle.teachers.base import Teacher, TeacherBuilder, TeacherOutput, resize_square, seeded
-
-# RAD-DINO's model card values; used only by the random tiny preset (a real folder brings its own).
+# RAD-DINO's model card values; used only with random weights (a real folder brings its own).
 RAD_DINO_MEAN = 0.5307
 RAD_DINO_STD = 0.2583
-TINY_CONFIG = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14, image_size=112
-)
+PRESETS: dict[str, dict[str, Any]] = {
+    # microsoft/rad-dino config.json: DINOv2 ViT-B/14 at 518 (the transformers defaults are ViT-B/14)
+    "full": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, patch_size=14, image_size=518
+    ),
+    "tiny": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14, image_size=112
+    ),
+}
 ARCH_KEYS = (
     "hidden_size",
     "num_hidden_layers",
@@ -107,25 +112,16 @@ class RadDinoTeacher(Teacher):
         return TeacherOutput(summary=out.pooler_output, dense=dense)
 
 
-def build_rad_dino(weights: Path | None, preset: str = "full") -> RadDinoTeacher:
-    """RAD-DINO teacher from a local HF folder, or random weights (fixed seed) for ``preset="tiny"`` without one."""
+def build(weights: Path | None, preset: str = "full") -> RadDinoTeacher:
+    """RAD-DINO teacher from a local HF folder, or with random weights (fixed seed) of the preset's architecture and
+    RAD-DINO's model-card normalisation."""
     if weights is not None:
         model = Dinov2Model.from_pretrained(weights, local_files_only=True, dtype=torch.float32)
         processing = read_processor_config(Path(weights) / "preprocessor_config.json", model.config.patch_size)
         return RadDinoTeacher(model, processing)
-    if preset != "tiny":
-        raise FileNotFoundError("RAD-DINO needs a local model folder for the full preset.")
+    config = PRESETS[preset]
     with seeded():
-        model = Dinov2Model(Dinov2Config(**TINY_CONFIG))
-    size = TINY_CONFIG["image_size"]
+        model = Dinov2Model(Dinov2Config(**config))
+    size = config["image_size"]
     processing = {"size": size, "mode": "bicubic", "mean": [RAD_DINO_MEAN] * 3, "std": [RAD_DINO_STD] * 3}
     return RadDinoTeacher(model, processing)
-
-
-BUILDER = TeacherBuilder(
-    build=build_rad_dino,
-    weights="rad-dino",
-    source="https://huggingface.co/microsoft/rad-dino "
-    "(download config.json, model.safetensors, preprocessor_config.json)",
-    files=(("config.json",), ("model.safetensors", "pytorch_model.bin"), ("preprocessor_config.json",)),
-)

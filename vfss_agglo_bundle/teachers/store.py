@@ -24,23 +24,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.transforms import MapTransform
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
-
 from vfss_agglo_bundle.data.datalist import frame_key
-from vfss_agglo_bundle.data.io import atomic_path, write_json
 from vfss_agglo_bundle.data.views import DEFAULT_VIEW_STRENGTH, apply_view, view_params
-from vfss_agglo_bundle.teachers.base import Teacher
+from vfss_agglo_bundle.teachers.base import Teacher, TeacherSpec
+from vfss_agglo_bundle.utils.io import atomic_path, write_json
 
-__all__ = ["LoadTeacherFeaturesd", "TeacherFeatureReader", "TeacherFeatureStore", "fill_store", "store_directory"]
+__all__ = ["TeacherFeatureReader", "TeacherFeatureStore", "fill_store", "store_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +289,11 @@ class TeacherFeatureReader:
         self.views: int = self.meta["views"]
         self.view_strength: dict[str, Any] = self.meta["view_strength"]
 
+    @property
+    def spec(self) -> TeacherSpec:
+        """Shapes of the stored features (the stored grid), which the teacher's adaptor head must predict."""
+        return TeacherSpec(self.dense_dim, self.grid, self.summary_dim)
+
     def path(self, key: str, view: int = 0) -> Path:
         """File of (frame ``key``, ``view``)."""
         return feature_path(self.directory, key, view)
@@ -314,49 +317,8 @@ class TeacherFeatureReader:
         return {name: tensor.float() for name, tensor in load_file(str(path)).items()}
 
 
-class LoadTeacherFeaturesd(MapTransform):
-    """Add stored teacher features to a data dict: ``f"{name}_dense"`` ``[C, h, w]`` and, when the teacher has
-    one, ``f"{name}_summary"`` ``[D]`` (float32), for every reader.
-
-    Args:
-        readers: teacher name -> :class:`TeacherFeatureReader`.
-        key_key: data key holding the frame key (``"s000/0000"``).
-        view_key: data key holding the view index; a dict without it is read as view 0 (the identity).
-        allow_missing_keys: pass through dicts that have no ``key_key``.
-    """
-
-    def __init__(
-        self,
-        readers: Mapping[str, TeacherFeatureReader],
-        key_key: Hashable = "frame_key",
-        view_key: Hashable = "view",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__([key_key], allow_missing_keys)
-        self.readers = dict(readers)
-        self.key_key = key_key
-        self.view_key = view_key
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        if self.key_key not in d:
-            if self.allow_missing_keys:
-                return d
-            raise KeyError(
-                f"LoadTeacherFeaturesd: the data has no {self.key_key!r} entry (keys: {sorted(map(str, d))}); "
-                "add the frame key (vfss_agglo_bundle.data.datalist.frame_key) before this transform."
-            )
-        key, view = str(d[self.key_key]), int(d.get(self.view_key, 0))
-        for name, reader in self.readers.items():
-            features = reader.read(key, view)
-            d[f"{name}_dense"] = features["dense"]
-            if "summary" in features:
-                d[f"{name}_summary"] = features["summary"]
-        return d
-
-
 def fill_store(
-    teachers: Mapping[str, Teacher],
+    models: Mapping[str, Teacher],
     items: Sequence[Mapping],
     root: str | os.PathLike,
     image_loader: Callable[[Mapping], Tensor],
@@ -370,7 +332,7 @@ def fill_store(
     """Fill (or resume) the store of every teacher for ``items`` and return a reader per teacher.
 
     Args:
-        teachers: name -> frozen teacher.
+        models: teacher name -> frozen teacher.
         items: datalist items.
         root: cache root.
         image_loader: item -> canonical image ``[1, S, S]``.
@@ -382,7 +344,7 @@ def fill_store(
         progress: show tqdm bars.
     """
     readers = {}
-    for name, teacher in teachers.items():
+    for name, teacher in models.items():
         teacher_grid = grid.get(name) if isinstance(grid, Mapping) else grid
         store = TeacherFeatureStore(root, teacher, views=views, grid=teacher_grid, view_strength=view_strength)
         store.fill(items, image_loader, batch_size=batch_size, device=device, progress=progress)

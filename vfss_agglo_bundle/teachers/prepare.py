@@ -1,63 +1,37 @@
-"""Data for stage 1: frames x stored views, the view applied to the student's image, and the teacher store step.
+"""The teacher-store step of a run: build the configured teachers once, fill their stores, hand back readers.
 
-Distillation reads teacher targets from the feature store, so the student must see exactly the image the
-teacher saw: item ``(frame, view)`` is loaded with the canonical loader and passed through
-``apply_view(image, view_params(frame_key, view, **view_strength))``, the same call the store made.
+Distillation then reads the store only (:class:`~vfss_agglo_bundle.data.transforms.LoadTeacherFeaturesd`), so
+no teacher is loaded during training; these helpers also give what the rest of stage 1 needs from the stores
+(the adaptor head shapes, the shared view strength, the teacher signatures) without loading a teacher.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.transforms import MapTransform
-
-from vfss_agglo_bundle.data.datalist import frame_key, load_datalist
+from vfss_agglo_bundle.data.datalist import load_datalist
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
-from vfss_agglo_bundle.data.views import apply_view, view_params
-from vfss_agglo_bundle.networks.adaptors import TeacherSpec
+from vfss_agglo_bundle.teachers.base import TeacherSpec
 from vfss_agglo_bundle.teachers.registry import build_teachers
 from vfss_agglo_bundle.teachers.store import TeacherFeatureReader, fill_store
 
-logger = logging.getLogger("vfss_agglo")
+__all__ = ["prepare_teacher_store", "signatures", "teacher_specs", "view_strength"]
 
-
-def view_items(items: Sequence[Mapping], views: int) -> list[dict]:
-    """Repeat each datalist item once per view, adding ``frame_key`` and ``view``."""
-    return [{**item, "frame_key": frame_key(item), "view": v} for item in items for v in range(views)]
-
-
-class ApplyViewd(MapTransform):
-    """Apply the stored view ``(d["frame_key"], d["view"])`` to ``[C, S, S]`` images under ``keys``.
-
-    Args:
-        keys: image keys.
-        view_strength: ``view_params`` keyword arguments; must equal the store's (``reader.view_strength``).
-    """
-
-    def __init__(self, keys: Sequence[Hashable] = ("image",), view_strength: Mapping[str, Any] | None = None) -> None:
-        super().__init__(keys)
-        self.view_strength = dict(view_strength or {})
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        params = view_params(str(d["frame_key"]), int(d["view"]), **self.view_strength)
-        for key in self.key_iterator(d):
-            d[key] = apply_view(torch.as_tensor(d[key]), params)
-        return d
+logger = logging.getLogger(__name__)
 
 
 def prepare_teacher_store(
     teachers: Sequence[str],
-    teacher_dir: str | os.PathLike | None,
-    preset: str,
     datalist_file: str | os.PathLike,
     tasks: Sequence[str],
     cache_dir: str | os.PathLike,
     image_size: int,
+    teacher_dir: str | os.PathLike | None = None,
+    preset: str = "full",
     views: int = 1,
     grid: int | Sequence[int] | None = None,
     batch_size: int = 1,
@@ -65,8 +39,15 @@ def prepare_teacher_store(
 ) -> dict[str, TeacherFeatureReader]:
     """Fill (or resume, or just check) the feature store of every teacher over the training split.
 
-    Teachers are built only here and released afterwards: distillation itself reads the store. Returns one reader
-    per teacher (empty when ``teachers`` is empty: the from-scratch baseline).
+    Args:
+        teachers: teacher names (``[]``: the from-scratch baseline, nothing to store).
+        datalist_file, tasks: the datalist and its task list; its ``training`` split is stored.
+        cache_dir: root of the stores.
+        image_size: side S of the canonical image the teachers see.
+        teacher_dir, preset: where the weights are, ``full`` or ``tiny`` (see the registry).
+        views, grid, batch_size, device: as :func:`~vfss_agglo_bundle.teachers.store.fill_store`.
+
+    Teachers are built only here and released afterwards. Returns one reader per teacher.
     """
     if not teachers:
         logger.info("teacher store: no teachers configured (from-scratch baseline), nothing to cache")
@@ -93,7 +74,12 @@ def prepare_teacher_store(
 
 def teacher_specs(readers: Mapping[str, TeacherFeatureReader]) -> dict[str, TeacherSpec]:
     """The adaptor head shapes of each stored teacher, read from its store (no teacher loaded)."""
-    return {name: TeacherSpec(r.dense_dim, r.grid, r.summary_dim) for name, r in readers.items()}
+    return {name: reader.spec for name, reader in readers.items()}
+
+
+def signatures(readers: Mapping[str, TeacherFeatureReader]) -> dict[str, str]:
+    """Teacher name -> the signature of the teacher whose features the store holds."""
+    return {name: reader.signature for name, reader in readers.items()}
 
 
 def view_strength(readers: Mapping[str, TeacherFeatureReader]) -> dict[str, Any]:

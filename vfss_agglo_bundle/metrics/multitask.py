@@ -114,11 +114,11 @@ class MultiTaskSegMetrics(Metric):
     def compute(self) -> float | dict[str, float]:
         if self._count == 0:
             raise RuntimeError("MultiTaskSegMetrics needs at least one frame before compute().")
-        means = dict(zip(self._names, self._sums / self._count))
+        means = dict(zip(self._names, self._sums / self._count, strict=True))
         if self.reduce == "mean_dice":
             return float(means["dice"].mean())
         result: dict[str, float] = {}
         for name, per_task in means.items():
-            result.update({f"{name}_{task}": float(v) for task, v in zip(self.tasks, per_task)})
+            result.update({f"{name}_{task}": float(v) for task, v in zip(self.tasks, per_task, strict=True)})
             result[f"mean_{name}"] = float(per_task.mean())
         return result

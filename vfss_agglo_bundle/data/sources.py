@@ -1,12 +1,12 @@
-"""Inputs for the `inferring` run: frames from a folder (one sub-folder per study, or flat) or a video file."""
+"""What the `inferring` run reads: frames from a folder (one sub-folder per study, or flat) or a video file."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from vfss_agglo_bundle.data.io import PathLike
 from vfss_agglo_bundle.data.prepare import IMAGE_EXTENSIONS, import_video_frames
+from vfss_agglo_bundle.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 

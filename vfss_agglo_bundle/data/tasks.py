@@ -14,3 +14,4 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "c6",
     "c7",
 )
+NUM_DEFAULT_TASKS: int = len(DEFAULT_TASKS)

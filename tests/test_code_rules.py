@@ -1,0 +1,110 @@
+"""House rules checked by tools: imports only go down the rooms, configs only wire, the Model Zoo's own linters.
+
+The zoo's checks are its ``runtests.sh --codeformat`` steps with its settings (``setup.cfg`` here holds them):
+``isort --check``, ``black --skip-magic-trailing-comma --check`` and ``flake8`` with bugbear, comprehensions,
+pep8-naming and executable plugins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+MAX_EXPRESSION = 160  # characters of a `$` expression in configs/
+
+
+def _tool(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env or dict(os.environ)
+    )
+
+
+def _lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return _tool("-c", "from importlinter.cli import lint_imports_command; lint_imports_command()", cwd=cwd, env=env)
+
+
+def test_the_layers_contract_names_every_room_and_holds():
+    contract = _pyproject_contract()
+    rooms = {room.strip() for layer in contract["layers"] for room in layer.split("|")}
+    package = ROOT / "vfss_agglo_bundle"
+    found = {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    found |= {p.stem for p in package.glob("*.py") if p.name != "__init__.py"}
+    assert rooms == found, f"rooms in the contract {sorted(rooms)} != rooms in the package {sorted(found)}"
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    """The contract can fail: a copy of the package where a bottom room imports a top one is refused."""
+    shutil.copytree(ROOT / "vfss_agglo_bundle", tmp_path / "vfss_agglo_bundle", ignore=shutil.ignore_patterns("*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    io = tmp_path / "vfss_agglo_bundle/utils/io.py"
+    io.write_text(io.read_text() + "\nfrom vfss_agglo_bundle.workflow import stages  # noqa\n")
+    result = _lint_imports(tmp_path, pythonpath=tmp_path)
+    assert result.returncode != 0
+    assert (
+        "BROKEN" in result.stdout and "vfss_agglo_bundle.utils.io -> vfss_agglo_bundle.workflow.stages" in result.stdout
+    )
+
+
+def _pyproject_contract() -> dict:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = config["contracts"]
+    assert contract["type"] == "layers"
+    return contract
+
+
+def _strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def test_configs_only_wire_no_long_expressions():
+    expressions = []
+    for path in sorted((ROOT / "configs").glob("*")):
+        if path.suffix in (".yaml", ".yml"):
+            config = yaml.safe_load(path.read_text())
+        elif path.suffix == ".json" and path.name != "metadata.json":
+            config = json.loads(path.read_text())
+        else:
+            continue
+        expressions += [(len(s), path.name, s) for s in _strings(config) if s.startswith("$")]
+    assert len(expressions) > 20  # the walk finds the configs' expressions
+    longest = max(expressions)
+    assert longest[0] <= MAX_EXPRESSION, f"{longest[1]}: {longest[0]} characters: {longest[2]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "tool",
+    [
+        ("-m", "isort", "--check", "."),
+        ("-m", "black", "--skip-magic-trailing-comma", "--check", "."),
+        ("-m", "flake8", ".", "--count", "--statistics"),
+    ],
+    ids=["isort", "black", "flake8"],
+)
+def test_the_model_zoo_code_format_checks_pass(tool):
+    result = _tool(*tool)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
