@@ -212,3 +212,13 @@ def test_check_properties_finds_every_model_zoo_property(config, workflow_type, 
             ("validate#inferer", "validate#evaluator#inferer"),
         ]:
             assert workflow.parser[used_by].replace("::", "#") == f"@{prop}", used_by
+
+
+def test_the_tested_versions_are_the_metadata_versions():
+    """constraints.txt (what the test command installs) and metadata.json (what the zoo installs) pin the same."""
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
+    assert pins.pop("torch") == META["pytorch_version"] and pins.pop("numpy") == META["numpy_version"]
+    assert pins.pop("monai") == META["monai_version"]
+    assert pins == META["required_packages_version"]
+    test_command = (ROOT / "README.md").read_text().split("<!-- test-command -->")[1]
+    assert '-e ".[test]" -c constraints.txt' in test_command

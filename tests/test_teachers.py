@@ -216,14 +216,17 @@ def test_medsam_tiny_checkpoint_round_trip_and_parity(tmp_path):
 
 
 def test_medsam_preprocessing_matches_medsam_pipeline(tiny_teachers):
-    """MedSAM's own preprocessing (skimage cubic resize, uint8, min-max): exact without a resize; with a 2x
-    upsampling of a noisy frame our bilinear resize stays within mean 0.02 (measured 0.014)."""
+    """MedSAM's own preprocessing (skimage cubic resize, uint8, min-max): without a resize equal up to one grey level
+    on under a tenth of the pixels (MedSAM truncates skimage's float spline output to uint8, and whether 119.9999 or 120.0001 comes
+    out depends on the scipy version); with a 2x upsampling of a noisy frame our bilinear resize stays within mean
+    0.02 (measured 0.014)."""
     transform = pytest.importorskip("skimage.transform")
     teacher = tiny_teachers["medsam"]  # img_size 256
     yy, xx = np.mgrid[:256, :256]
     noise = np.random.default_rng(0).normal(0, 8, (256, 256))
     frame = np.clip(120 + 70 * np.sin(xx / 12) * np.cos(yy / 18) + noise, 0, 255).astype(np.uint8)
-    for grey, atol, mean_tol in [(frame, 1e-6, 1e-6), (frame[::2, ::2].copy(), 0.1, 0.02)]:
+    one_level = 1.0 / (int(frame.max()) - int(frame.min()))  # one grey level after the min-max scaling
+    for grey, atol, mean_tol in [(frame, 1.01 * one_level, 0.1 * one_level), (frame[::2, ::2].copy(), 0.1, 0.02)]:
         img_3c = np.repeat(grey[:, :, None], 3, -1)
         resized = transform.resize(img_3c, (256, 256), order=3, preserve_range=True, anti_aliasing=True)
         resized = resized.astype(np.uint8)

@@ -113,8 +113,10 @@ class Stage:
             return False
         done = read_json(path)
         if done.get("fingerprint") != self.fingerprint:
-            changed = differences(done.get("settings"), self.description) if "settings" in done else []
-            what = ("; it changed: " + "; ".join(changed)) if changed else ""
+            if "settings" in done:
+                what = "; it changed: " + "; ".join(differences(done["settings"], self.description))
+            else:
+                what = "; the record was written by an earlier version of the bundle, which hashed other settings"
             raise RuntimeError(
                 f"stage {self.name!r} already finished in {self.ckpt_dir} with a different configuration "
                 f"({path}){what}. Choose another --ckpt_dir (or --bundle_root) for this configuration, or delete "
