@@ -166,6 +166,13 @@ def test_two_processes_on_cpu_train_identical_students(tmp_path):
     events = list((root / "logs").rglob("events.out.tfevents.*"))
     assert events and len({p.name.rsplit(".", 2)[1] for p in events}) == 1, [p.name for p in events]  # <host>.<pid>.<n>
 
+    # the same command again: every rank computes the same stage fingerprints as rank 0 recorded, so both skip
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-6000:]
+    for stage in stages:
+        assert log.count(f"stage {stage}: outputs found") == 2, log[-3000:]  # logged by each of the two ranks
+
 
 def test_shutdown_distributed_frees_the_group_held_by_ddp_wrappers(tmp_path):
     """A DDP wrapper the config still holds must not keep the gloo group alive until interpreter exit."""

@@ -175,13 +175,14 @@ class _Describer:
         }
 
     def _optimizer(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        groups = [
-            {
-                **{key: self.at(key, value) for key, value in sorted(group.items()) if key != "params"},
-                "params": [[list(p.shape), p.requires_grad] for p in group["params"]],
-            }
-            for group in optimizer.param_groups
-        ]
+        groups = []
+        for i, group in enumerate(optimizer.param_groups):
+            self.where.append(f"param_groups.{i}")
+            try:
+                hyper = {key: self.at(key, value) for key, value in sorted(group.items()) if key != "params"}
+            finally:
+                self.where.pop()
+            groups.append({**hyper, "params": [[list(p.shape), p.requires_grad] for p in group["params"]]})
         return {
             "class": _qualname(type(optimizer)),
             "defaults": self.at("defaults", optimizer.defaults),
