@@ -1,22 +1,8 @@
-"""Speed benchmark of the student segmenter against its teachers: latency, throughput, peak memory, FLOPs.
+"""The speed benchmark run: every row (:mod:`~vfss_agglo_bundle.benchmark.targets`) timed on every device.
 
 Everything is measured in one process and one run: on a shared machine timings swing 2-3x between runs, so only
-ratios measured together are quoted. The rows (``group``):
-
-- ``student``: ``VFSSSegmenter`` per backbone with random weights (speed does not depend on the values);
-  ``student (optimized)``: the same after :func:`~vfss_agglo_bundle.export.optimize_for_inference`;
-  ``onnxruntime``: the exported ONNX segmenter on ONNX Runtime (CPU only).
-- ``teacher``: a teacher's whole forward (its own resize, normalisation and encoder) on the canonical frame, with
-  real weights when they are present, else the full-size architecture with random weights (same speed) or, by
-  default, the tiny test preset, labelled ``tiny (random) - not representative``.
-- ``distillation step``: forward + backward + optimizer step of ``DistillationModel`` + ``DistillationLoss`` + a
-  balancer, with targets from the feature store (precomputed fp16 tensors) or from the online LiteMedSAM teacher.
-
-Latency: median and 90th percentile of the wall time of one call after warm-up (CUDA synchronised); throughput:
-frames per second at the median. Peak memory, from the first call of a batch size on: on the CPU the rise of the
-process's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``), on the GPU
-``torch.cuda.max_memory_allocated`` above what was allocated before. FLOPs: ``torch.utils.flop_counter`` on the
-first warm-up call (matmul, conv and attention only; one multiply-add counts 2).
+ratios measured together are quoted. How a call is timed, and its memory and FLOPs counted:
+:mod:`~vfss_agglo_bundle.benchmark.measure`.
 """
 
 from __future__ import annotations
