@@ -153,7 +153,7 @@ CASES: dict[str, tuple[Callable[[Path], None], dict, str]] = {
     "colour frame": (colour_frame, {}, r"0000\.png has PIL mode 'RGB'"),
     "16-bit frame": (sixteen_bit_frame, {}, r"0000\.png has PIL mode 'I;16'"),
     "missing frame": (missing_frame, {}, r"0000\.png"),
-    "task list": (nothing, {"tasks": ["bolus", "pharynx"]}, r"was built for tasks .*set `tasks` in the config"),
+    "task list": (nothing, {"tasks": ["bolus", "tongue"]}, r"was built for tasks .*no task \['tongue'\]"),
     "store signature": (store_of_another_signature, {}, r"medsam-\w+ does not match teacher 'medsam' \(signature"),
     "teacher checkpoint": (
         teacher_checkpoint_of_another_architecture,

@@ -146,7 +146,7 @@ def test_versions_agree_and_large_files_are_listed():
     assert [f["path"] for f in large] == ["models/model.pt"] and large[0]["hash_type"] == "sha256"
 
 
-TEACHER_FAMILIES = ("medsam", "litemedsam", "rad_dino", "medclip", "biomedclip")
+TEACHER_FAMILIES = ("medsam", "litemedsam", "rad_dino", "medclip", "biomedclip", "hog")
 # Runs inference in a fresh process where the teachers' optional libraries cannot be imported, then prints which
 # teacher family modules and libraries got imported.
 NO_TEACHER_LIBRARIES = """

@@ -1,4 +1,4 @@
-"""BestCheckpoint keeps the best model across a resume; it writes atomically and only on improvement."""
+"""BestCheckpoint keeps the best model across a resume (atomic writes, only on improvement); epoch seeding streams."""
 
 from types import SimpleNamespace
 
@@ -28,3 +28,29 @@ def test_best_checkpoint_saves_only_improvements_and_resumes_its_best(tmp_path):
     resumed(_engine(0.6, 4))
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], net.weight.detach())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_epoch_streams_of_two_seeds_never_coincide():
+    """seed + epoch made seed 1 at epoch e replay seed 0 at epoch e + 1; SeedSequence streams differ everywhere."""
+    from vfss_agglo_bundle.handlers import EpochSeed
+
+    streams = {(seed, epoch, rank): EpochSeed(seed).epoch_seed(epoch, rank)
+               for seed in (0, 1) for epoch in range(1, 101) for rank in (0, 1)}  # fmt: skip
+    assert len(set(streams.values())) == len(streams)
+    assert EpochSeed(0).epoch_seed(5) == EpochSeed(0).epoch_seed(5)  # and the same stream every time
+
+
+def test_seeded_blocks_do_not_depend_on_what_ran_before():
+    from vfss_agglo_bundle.utils.random import seeded
+
+    draws = []
+    for before in (0, 1):
+        torch.manual_seed(before)
+        with seeded(3, "segmenter"):
+            draws.append(torch.rand(4))
+        after = torch.rand(1)
+        torch.manual_seed(before)
+        assert torch.equal(after, torch.rand(1))  # the caller's stream is as if the block had not run
+    assert torch.equal(draws[0], draws[1])
+    with seeded(3, "student"):
+        assert not torch.equal(torch.rand(4), draws[0])  # another name, another stream

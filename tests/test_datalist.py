@@ -107,7 +107,8 @@ def test_validate_reports_leak_size_mismatch_tasks_and_empty(tmp_path):
     problems = "\n".join(validate_datalist(path, TASKS))
     assert f"study {leaked['study']!r} is in both 'training' and 'test'" in problems
     assert "images/big.png is 20x20 but the dataset's frames are 16x16" in problems
-    assert "differ from the expected" in "\n".join(validate_datalist(path, ["bolus"]))
+    assert "lack the expected ['tongue']" in "\n".join(validate_datalist(path, ["bolus", "tongue"]))
+    assert not any("expected" in p for p in validate_datalist(path, ["c1", "bolus"]))  # a subset, in any order
     _edit(path, lambda dl: [dl.__setitem__(s, []) for s in SPLITS])
     assert any("every split" in p for p in validate_datalist(path, TASKS))
     (tmp_path / "broken.json").write_text("{nope")
@@ -116,7 +117,24 @@ def test_validate_reports_leak_size_mismatch_tasks_and_empty(tmp_path):
 
 def test_load_datalist_refuses_other_tasks(tmp_path):
     path = _write_dataset(tmp_path)
-    with pytest.raises(ValueError, match=r"datalist.json was built for tasks \['bolus', 'pharynx', 'c1'\]"):
-        load_datalist(path, "training", ["bolus"])
+    with pytest.raises(ValueError, match=r"datalist.json was built for tasks \['bolus', 'pharynx', 'c1'\] and has no"):
+        load_datalist(path, "training", ["bolus", "tongue"])
     with pytest.raises(KeyError, match="no 'testing' list"):
         load_datalist(path, "testing")
+
+
+def test_a_task_subset_reads_its_channels_by_name(tmp_path):
+    """A single-task or reordered task list reads the named channels of a 12-channel (here 3) dataset."""
+    from vfss_agglo_bundle.data.datalist import label_channels
+    from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
+
+    path = _write_dataset(tmp_path)
+    item = load_datalist(path, "training", ["c1", "bolus"])[0]
+    label = np.zeros((3, 16, 16), np.uint8)
+    label[0, :2], label[2, :5] = 1, 1  # bolus: 2 rows, c1: 5 rows
+    write_label(item["label"], label, overwrite=True)
+    assert label_channels(path, TASKS) is None and label_channels(path, ["c1", "bolus"]) == [2, 0]
+    loader = LoadVFSSFramed(keys=["image", "label"], image_size=16, num_tasks=2, channels=[2, 0])
+    out = loader(item)["label"]
+    assert out.shape == (2, 16, 16) and out[0].sum() == 5 * 16 and out[1].sum() == 2 * 16
+    assert label_channels(tmp_path / "missing.json", ["c1"]) is None  # no datalist yet: nothing to select

@@ -131,9 +131,9 @@ def make_run(
             RandAdjustContrastd(keys="image", prob=0.5),
         ]
     loader = DataLoader(Dataset(store.items, Compose(transforms)), batch_size=BATCH, shuffle=shuffle, drop_last=True)
-    torch.manual_seed(init_seed)
-    model = DistillationModel(StudentEncoder("efficientvit_b0"), teacher_specs(store.readers))
-    balancer = build_balancer(balancing, TEACHERS)
+    student = StudentEncoder("efficientvit_b0", init_seed=init_seed)
+    model = DistillationModel(student, teacher_specs(store.readers), init_seed=init_seed)
+    balancer = build_balancer(balancing, TEACHERS, feature_dim=student.summary_dim, init_seed=init_seed)
     optimizer = torch.optim.AdamW(
         [
             {"params": model.parameters(), "weight_decay": 0.01},
@@ -170,7 +170,7 @@ def test_distillation_from_the_store_lowers_every_teachers_loss(store):
     run.trainer.run()
     history = run.history
     assert len(history) == 3 * EPOCH
-    assert set(history[0]) == {"loss"} | {f"{p}_{t}" for p in ("loss", "weight") for t in TEACHERS}
+    assert set(history[0]) == {"loss"} | {f"{p}_{t}" for p in ("loss", "weight", "weight_sd") for t in TEACHERS}
     for teacher in TEACHERS:
         first, last = mean(history[:4], f"loss_{teacher}"), mean(history[-4:], f"loss_{teacher}")
         assert last < 0.7 * first, f"{teacher}: loss {first:.4f} -> {last:.4f}"
@@ -354,3 +354,38 @@ def test_the_trainer_uses_its_prepare_batch_and_inferer(store):
     run.trainer.run()
     assert seen["prepare"] == EPOCH and seen["inferer"] == [(BATCH, 1, SIZE, SIZE)] * EPOCH
     assert seen["network_inputs"] == [0.0] * EPOCH
+
+
+@pytest.mark.parametrize("kind", ["phi_s", "zscore"])
+def test_standardized_targets_are_what_the_loss_sees_and_their_stats_are_cached(store, kind):
+    from vfss_agglo_bundle.losses.standardize import store_standardizers
+
+    fitted = store_standardizers(store.readers, kind)
+    assert set(fitted) == set(TEACHERS)
+    reader = store.readers["rad_dino"]
+    stats, record = reader.directory / f"standardize-{kind}.pt", reader.directory / f"standardize-{kind}.json"
+    assert stats.is_file() and json.loads(record.read_text())["signature"] == reader.signature
+    again = store_standardizers(store.readers, kind)  # read back from the cache, not refitted
+    for name in TEACHERS:
+        assert all(torch.equal(a, b) for a, b in zip(fitted[name].state_dict().values(),
+                                                     again[name].state_dict().values(), strict=True))  # fmt: skip
+    # over the stored features, the standardised targets have zero mean and unit variance per channel
+    dense = torch.stack([reader.read(key, view)["dense"] for key, view in reader.stored()])
+    z = fitted["rad_dino"].standardize(dense).permute(1, 0, 2, 3).flatten(1)  # [channels, tokens]
+    assert z.mean(1).abs().max() < 1e-3 and (z.var(1) - 1).abs().max() < 0.05  # PHI-S: 32 channels, Hadamard exists
+    # the loss compares the head's prediction with the standardised target
+    pred = torch.randn(2, *dense.shape[1:])
+    target = dense[:2]
+    plain = DistillationLoss(["rad_dino"], dense_loss="mse")({"rad_dino": (None, pred)}, {"rad_dino": (None, target)})
+    scaled = DistillationLoss(["rad_dino"], dense_loss="mse", standardizers={"rad_dino": fitted["rad_dino"]})(
+        {"rad_dino": (None, pred)}, {"rad_dino": (None, target)}
+    )
+    expected = ((pred - fitted["rad_dino"].standardize(target)) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(scaled["rad_dino"], expected)
+    assert not torch.allclose(scaled["rad_dino"], plain["rad_dino"])
+    # a cache fitted on another teacher signature is refused
+    record.write_text(json.dumps({**json.loads(record.read_text()), "signature": "0" * 64}))
+    with pytest.raises(ValueError, match="fitted on teacher signature"):
+        store_standardizers(store.readers, kind)
+    stats.unlink()
+    record.unlink()

@@ -64,6 +64,8 @@ CHANGES = {
     "val_interval": ({"val_interval": 2}, "segmentation", "interval: 1 -> 2"),
     "decoder_width": ({"decoder_width": 32}, "segmentation", "out_channels: 64 -> 32"),
     "balancing": ({"balancing": "fixed"}, "distillation", "balancer.class"),
+    "standardize": ({"standardize": "zscore"}, "distillation", "standardizers.children.medsam: added"),
+    "seed": ({"seed": 1}, "distillation", "seed: 0 -> 1"),
 }
 
 
@@ -138,3 +140,24 @@ def test_differences_name_the_changed_settings():
     old = {"trainer": {"lr": 0.1, "groups": [{"wd": 0.01}, {"wd": 0.0}]}, "seed": 0}
     new = {"trainer": {"lr": 0.2, "groups": [{"wd": 0.01}, {"wd": 0.5}]}, "seed": 0, "extra": 1}
     assert differences(old, new) == ["extra: added", "trainer.groups.1.wd: 0.0 -> 0.5", "trainer.lr: 0.1 -> 0.2"]
+
+
+@pytest.mark.slow
+def test_stage_2_starts_from_the_distilled_encoder_and_the_shared_decoder(finished, monkeypatch):
+    """Stage 2 loads student_encoder.pt into the segmenter just before it runs; a run from scratch does not, and
+    both start from the same decoder weights (the network's own seeded stream, whatever ran before)."""
+    monkeypatch.chdir(ROOT)
+    distilled = torch.load(finished / "models/student_encoder.pt", weights_only=True)
+    starts = {}
+    for teachers in (["medsam"], []):
+        _, segment = _stages(finished, teachers=teachers)
+        torch.manual_seed(len(teachers))  # a different global state: must not matter
+        segment.before()
+        network = segment.engine.network
+        starts[len(teachers)] = {k: v.clone() for k, v in network.state_dict().items()}
+    encoder = {k.removeprefix("encoder."): v for k, v in starts[1].items() if k.startswith("encoder.")}
+    assert encoder.keys() == distilled.keys() and all(torch.equal(encoder[k], distilled[k]) for k in distilled)
+    scratch = {k.removeprefix("encoder."): v for k, v in starts[0].items() if k.startswith("encoder.")}
+    assert any(not torch.equal(scratch[k], distilled[k]) for k in distilled if distilled[k].is_floating_point())
+    decoder = [k for k in starts[1] if k.startswith("decoder.")]
+    assert decoder and all(torch.equal(starts[0][k], starts[1][k]) for k in decoder)

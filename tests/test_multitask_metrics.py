@@ -48,7 +48,11 @@ def test_report_through_an_evaluator_equals_hand_computation(tmp_path):
     labels[:, 1, 4:8, 0:8] = 1
     preds[:, 1, 4:8, 0:8] = 1  # perfect: 1, 1, 1 ; frame 2 bolus: both empty -> 1
     images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 8, 8).clone()
-    data = [{"image": images[i], "label": labels[i], "image_path": f"/d/s000/{i:04d}.png"} for i in range(3)]
+    studies = ["s000", "s000", "s001"]
+    data = [
+        {"image": images[i], "label": labels[i], "image_path": f"/d/{studies[i]}/{i:04d}.png", "study": studies[i]}
+        for i in range(3)
+    ]
     post = Compose([Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)])
     evaluator = SupervisedEvaluator(
         device="cpu",
@@ -56,7 +60,7 @@ def test_report_through_an_evaluator_equals_hand_computation(tmp_path):
         network=_Fixed(preds * 20 - 10),
         postprocessing=post,
         key_val_metric={"mean_dice": MultiTaskSegMetrics(tasks, from_engine(["pred", "label"]), reduce="mean_dice")},
-        additional_metrics={"multitask": MultiTaskSegMetrics(tasks, from_engine(["pred", "label"]))},
+        additional_metrics={"multitask": MultiTaskSegMetrics(tasks, from_engine(["pred", "label"]), keep_frames=True)},
         val_handlers=[MultiTaskReport(str(tmp_path), tasks)],
     )
     evaluator.run()
@@ -68,8 +72,18 @@ def test_report_through_an_evaluator_equals_hand_computation(tmp_path):
     assert rows["mean"]["dice"] == pytest.approx(((2 / 3 + 1) / 3 + 1) / 2)
     assert evaluator.state.metrics["mean_dice"] == pytest.approx(rows["mean"]["dice"])
     assert report["num_frames"] == 3
-    assert "| bolus | 0.5556 |" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "report.csv").read_text().splitlines()[0] == "task,dice,iou,hd95"
+    assert (tmp_path / "report.csv").read_text().splitlines()[0] == "task,dice,dice_present,fp_rate,iou,hd95"
+    # presence separated from shape: bolus is present in frames 0 and 1 (Dice 2/3 and 0), absent in frame 2 (and
+    # not predicted there); pharynx is present everywhere, so it has no false-positive rate
+    assert rows["bolus"]["dice_present"] == pytest.approx(1 / 3) and rows["bolus"]["fp_rate"] == 0.0
+    assert rows["pharynx"]["dice_present"] == pytest.approx(1.0) and rows["pharynx"]["fp_rate"] is None
+    assert rows["mean"]["fp_rate"] == 0.0  # averaged over the tasks that have absent frames
+    assert "| bolus | 0.5556 | 0.3333 | 0.0000 |" in (tmp_path / "report.md").read_text()
+    studies = report["studies"]
+    assert studies["s000"]["bolus"]["dice"] == pytest.approx(1 / 3) and studies["s000"]["bolus"]["fp_rate"] is None
+    assert studies["s001"]["bolus"]["dice"] == pytest.approx(1.0) and studies["s001"]["bolus"]["dice_present"] is None
+    assert studies["s001"]["pharynx"]["hd95"] == 0.0
+    assert studies["s000"]["mean"]["dice"] == pytest.approx((1 / 3 + 1) / 2)
     assert (tmp_path / "overlays/bolus_worst.png").exists() and (tmp_path / "overlays/pharynx_best.png").exists()
 
 

@@ -81,9 +81,10 @@ def test_resize_to_grid_pools_when_shrinking_and_interpolates_otherwise():
 def test_distillation_model_matches_teacher_grids(size):
     model = DistillationModel(StudentEncoder("efficientvit_b0"), TEACHERS, fusion_dim=32)
     out = model(torch.rand(2, 1, size, size))
-    assert set(out) == set(TEACHERS)
+    assert set(out.predictions) == set(TEACHERS)
+    assert out.summary.shape == (2, model.student.summary_dim)
     for name, spec in TEACHERS.items():
-        summary, dense = out[name]
+        summary, dense = out.predictions[name]
         assert dense.shape == (2, spec.dense_dim, *spec.grid)
         if spec.summary_dim is None:
             assert summary is None
@@ -95,7 +96,9 @@ def test_distillation_model_every_parameter_gets_a_gradient():
     # DDP (without find_unused_parameters) needs every parameter in the graph.
     model = DistillationModel(StudentEncoder("efficientvit_b0"), TEACHERS, hidden_dim=16, fusion_dim=16)
     out = model(torch.rand(2, 1, 64, 64))
-    loss = sum(dense.mean() + (summary.mean() if summary is not None else 0) for summary, dense in out.values())
+    loss = sum(
+        dense.mean() + (summary.mean() if summary is not None else 0) for summary, dense in out.predictions.values()
+    )
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
@@ -112,7 +115,8 @@ def test_distillation_model_default_hidden_and_student_state():
 def test_distillation_model_without_teachers_is_the_student():
     student = StudentEncoder("efficientvit_b0")
     model = DistillationModel(student, {})
-    assert model(torch.rand(1, 1, 64, 64)) == {}
+    out = model(torch.rand(1, 1, 64, 64))
+    assert out.predictions == {} and out.summary.shape == (1, student.summary_dim)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in student.parameters())
 
 

@@ -52,7 +52,7 @@ def test_ensure_dataset_generates_once_then_reuses_and_checks_tasks(tmp_path, ca
     assert "skipping phantom generation" in caplog.text
     assert (tmp_path / "ds/datalist.json").stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="was built for tasks"):
-        ensure_dataset(tmp_path / "ds", ["bolus"])
+        ensure_dataset(tmp_path / "ds", ["bolus", "tongue"])
 
 
 def _export(root: Path) -> None:

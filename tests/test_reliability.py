@@ -51,6 +51,8 @@ KILL_POINTS = {
                         "teacher medsam: 2 views to compute"),
     "stage 1": ("vfss_agglo_bundle.engines.distill_trainer:DistillationTrainer._iteration", 3,
                 "models/distillation.done.json", "distillation_resume.pt at epoch 1, iteration 2"),
+    "stage 2, first epoch": ("monai.engines:SupervisedTrainer._iteration", 2, "models/segmentation_resume.pt",
+                             "stage segmentation: running"),
     "stage 2": ("monai.engines:SupervisedTrainer._iteration", 5, "models/segmentation.done.json",
                 "segmentation_resume.pt at epoch 2, iteration 4"),
     "evaluation": ("vfss_agglo_bundle.handlers.report:write_text", 1, "eval/report.csv", "kept the previous"),

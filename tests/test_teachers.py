@@ -24,7 +24,7 @@ from vfss_agglo_bundle.teachers import base
 from vfss_agglo_bundle.teachers.registry import TEACHERS, build_teacher, build_teachers, expected_weight_path
 from vfss_agglo_bundle.utils.state_dict import hash_state_dict
 
-ALL = ["medsam", "litemedsam", "rad_dino", "medclip", "biomedclip"]
+ALL = ["medsam", "litemedsam", "rad_dino", "medclip", "biomedclip", "hog", "hog2"]
 ATOL = 1e-5
 
 
@@ -217,9 +217,9 @@ def test_medsam_tiny_checkpoint_round_trip_and_parity(tmp_path):
 
 def test_medsam_preprocessing_matches_medsam_pipeline(tiny_teachers):
     """MedSAM's own preprocessing (skimage cubic resize, uint8, min-max): without a resize equal up to one grey level
-    on under a tenth of the pixels (MedSAM truncates skimage's float spline output to uint8, and whether 119.9999 or 120.0001 comes
-    out depends on the scipy version); with a 2x upsampling of a noisy frame our bilinear resize stays within mean
-    0.02 (measured 0.014)."""
+    on under a tenth of the pixels (MedSAM truncates skimage's float spline output to uint8, and whether 119.9999
+    or 120.0001 comes out depends on the scipy version); with a 2x upsampling of a noisy frame our bilinear resize
+    stays within mean 0.02 (measured 0.014)."""
     transform = pytest.importorskip("skimage.transform")
     teacher = tiny_teachers["medsam"]  # img_size 256
     yy, xx = np.mgrid[:256, :256]
@@ -496,3 +496,55 @@ def test_base_helpers():
     layer = partial(nn.Linear, 2, 2)
     with pytest.raises(ValueError, match="missing keys"):
         base.load_checked(layer(), {"weight": torch.zeros(2, 2)}, Path("x.pth"), "test")
+
+
+# ----------------------------------------------------------------------------------------------- hog
+
+
+def _textured(size: int = 256, seed: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    noise = np.random.default_rng(seed).normal(0, 0.05, (size, size))
+    return np.clip(0.5 + 0.3 * np.sin(xx / 9) * np.cos(yy / 13) + noise, 0, 1)
+
+
+def _skimage_cells(image: np.ndarray, cell: int) -> torch.Tensor:
+    """``skimage.feature.hog`` cell histograms, L2-normalised one cell at a time: ``[9, h, w]``."""
+    feature = pytest.importorskip("skimage.feature")
+    blocks = feature.hog(
+        image, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(1, 1), block_norm="L2",
+        feature_vector=False,
+    )  # fmt: skip
+    return torch.from_numpy(blocks[:, :, 0, 0, :]).permute(2, 0, 1)
+
+
+def test_hog_matches_skimage_cell_histograms():
+    image = _textured()
+    teacher = build_teacher("hog")
+    assert teacher.spec == base.TeacherSpec(9, (32, 32), None) and teacher.name == "hog"
+    out = teacher(torch.from_numpy(image).float()[None, None])
+    reference = _skimage_cells(image, 8)
+    assert out.summary is None and out.dense.dtype == torch.float32
+    # skimage accumulates in float32: agreement to float32 rounding
+    _close(out.dense[0].double(), reference, atol=1e-6)
+    assert float(reference.abs().sum()) > 100  # a real texture, not an empty histogram
+    norms = out.dense[0].norm(dim=0)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)  # every cell L2-normalised
+
+
+def test_hog2_stacks_16_pixel_cells_on_the_8_pixel_grid():
+    image = _textured(seed=1)
+    dense = build_teacher("hog2")(torch.from_numpy(image).float()[None, None]).dense[0]
+    assert dense.shape == (18, 32, 32)
+    _close(dense[:9].double(), _skimage_cells(image, 8), atol=1e-6)
+    coarse = _skimage_cells(image, 16)
+    _close(dense[9:, ::2, ::2].double(), coarse, atol=1e-6)
+    _close(dense[9:, 1::2, 1::2].double(), coarse, atol=1e-6)
+
+
+def test_hog_has_no_weights_and_a_stable_signature():
+    from vfss_agglo_bundle.teachers.hog import build
+
+    assert build_teacher("hog").signature == build_teacher("hog").signature != build_teacher("hog2").signature
+    assert build_teacher("hog", None, "tiny").grid == (8, 8)
+    with pytest.raises(ValueError, match="no weights"):
+        build(Path("weights.pt"))

@@ -188,9 +188,9 @@ def test_task_list_that_does_not_match_the_datalist_fails_fast(tmp_path):
         "--teachers",
         "[]",
         "--tasks",
-        "['bolus','pharynx']",
+        "['bolus','tongue']",
         check=False,
     )
     assert result.returncode != 0
-    assert "was built for tasks" in result.stderr and "set `tasks` in the config" in result.stderr
+    assert "has no task ['tongue']" in result.stderr and "set `tasks` in the config" in result.stderr
     assert not (tmp_path / "models").exists()

@@ -165,7 +165,7 @@ def distill_step_targets(
         spec = teacher.spec
         model = DistillationModel(StudentEncoder(backbone), {teacher.name: spec}).to(device).train()
         loss_fn = DistillationLoss([teacher.name])
-        weigher = build_balancer(balancer, [teacher.name]).to(device).train()
+        weigher = build_balancer(balancer, [teacher.name], feature_dim=model.student.summary_dim).to(device).train()
         params = [*model.parameters(), *weigher.parameters()]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         stored: dict[int, torch.Tensor] = {}
@@ -180,7 +180,8 @@ def distill_step_targets(
                     stored[image.shape[0]] = torch.randn(shape, device=device).half()
                 targets = {teacher.name: (None, stored[image.shape[0]].float())}
             optimizer.zero_grad(set_to_none=True)
-            total, _ = weigher(loss_fn(model(image), targets))
+            prediction = model(image)
+            total, _ = weigher(loss_fn(prediction.predictions, targets), prediction.summary.detach())
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()

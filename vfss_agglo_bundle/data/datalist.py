@@ -33,7 +33,8 @@ def split_studies(studies: Sequence[str], ratios: Sequence[float], seed: int = 0
         ratios: fractions for training, validation, test (normalised to sum to 1).
         seed: shuffling seed.
 
-    Every split with a positive ratio gets at least one study when there are enough studies.
+    Counts are the ratios' shares of the studies rounded by largest remainder (16 studies at 9 : 3 : 4 give
+    9 / 3 / 4); every split with a positive ratio gets at least one study when there are enough studies.
     """
     if len(ratios) != len(SPLITS) or min(ratios) < 0 or sum(ratios) <= 0:
         raise ValueError(f"ratios must be three non-negative numbers (training, validation, test), got {list(ratios)}.")
@@ -41,10 +42,12 @@ def split_studies(studies: Sequence[str], ratios: Sequence[float], seed: int = 0
     rng = np.random.default_rng(seed)
     rng.shuffle(ordered)
     fractions = np.asarray(ratios, dtype=float) / sum(ratios)
-    counts = np.floor(fractions * len(ordered)).astype(int)
-    for i in np.argsort(-fractions):  # hand out the remainder, then make sure no wanted split is empty
-        if counts.sum() < len(ordered):
-            counts[i] += 1
+    quotas = fractions * len(ordered)
+    counts = np.floor(quotas + 1e-9).astype(int)
+    # largest remainder (Hamilton): the studies left over go to the largest fractional parts, then no wanted
+    # split may stay empty
+    for i in np.argsort(-(quotas - counts), kind="stable")[: len(ordered) - counts.sum()]:
+        counts[i] += 1
     for i in range(len(SPLITS)):
         if fractions[i] > 0 and counts[i] == 0 and counts.max() > 1:
             counts[int(np.argmax(counts))] -= 1
@@ -97,14 +100,36 @@ def load_datalist(path: PathLike, split: str, tasks: Sequence[str] | None = None
     return items
 
 
-def check_tasks(datalist: dict, tasks: Sequence[str] | None, path: PathLike) -> None:
-    """Raise if the datalist's recorded tasks differ from the configured ``tasks``."""
-    recorded = datalist.get("tasks")
-    if tasks is not None and recorded is not None and list(recorded) != list(tasks):
+def task_channels(recorded: Sequence[str] | None, tasks: Sequence[str] | None, path: PathLike) -> list[int] | None:
+    """Label channels of the configured ``tasks`` in a datalist recorded with ``recorded`` tasks.
+
+    ``tasks`` may be any subset of the recorded names, in any order (a single-task specialist reads one channel);
+    ``None`` when nothing needs selecting (the same list, or either unknown).
+
+    Raises:
+        ValueError: a configured task is not in the datalist.
+    """
+    if tasks is None or recorded is None or list(recorded) == list(tasks):
+        return None
+    missing = [t for t in tasks if t not in recorded]
+    if missing:
         raise ValueError(
-            f"{path} was built for tasks {recorded} but the config asks for {list(tasks)}; "
-            "set `tasks` in the config to the datalist's list (same order) or rebuild the datalist."
+            f"{path} was built for tasks {list(recorded)} and has no task {missing}; set `tasks` in the config to "
+            "names of the datalist's tasks (any subset, any order) or rebuild the datalist."
         )
+    return [list(recorded).index(t) for t in tasks]
+
+
+def check_tasks(datalist: dict, tasks: Sequence[str] | None, path: PathLike) -> None:
+    """Raise if the configured ``tasks`` are not all among the datalist's recorded tasks."""
+    task_channels(datalist.get("tasks"), tasks, path)
+
+
+def label_channels(datalist_file: PathLike, tasks: Sequence[str]) -> list[int] | None:
+    """The label channels to read for ``tasks`` (see :func:`task_channels`); ``None`` without a datalist yet."""
+    if not Path(datalist_file).is_file():
+        return None
+    return task_channels(read_json(datalist_file).get("tasks"), tasks, datalist_file)
 
 
 def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_files: bool = True) -> list[str]:
@@ -123,8 +148,8 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
     recorded = datalist.get("tasks")
     if recorded is None:
         problems.append(f"{path}: no 'tasks' list; record the task names, one per label channel.")
-    elif tasks is not None and list(recorded) != list(tasks):
-        problems.append(f"{path}: tasks {recorded} differ from the expected {list(tasks)}.")
+    elif tasks is not None and any(t not in recorded for t in tasks):
+        problems.append(f"{path}: tasks {recorded} lack the expected {[t for t in tasks if t not in recorded]}.")
     tasks = list(recorded if recorded is not None else tasks or [])
     if not any(datalist.get(split) for split in SPLITS):
         problems.append(f"{path}: every split ({', '.join(SPLITS)}) is empty or missing.")

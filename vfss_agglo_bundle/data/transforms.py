@@ -43,7 +43,9 @@ class LoadVFSSFramed(MapTransform):
     Args:
         keys: the image key and, optionally, the label key (in that order).
         image_size: output side S.
-        num_tasks: expected label channels; a label with another count raises an error naming the file.
+        num_tasks: expected label channels (after ``channels``); another count raises an error naming the file.
+        channels: label channels to keep, in this order (a task subset of the datalist, see
+            ``data.datalist.label_channels``); ``None`` keeps all.
         allow_missing_keys: skip keys absent from the data (inference has no label).
     """
 
@@ -52,11 +54,13 @@ class LoadVFSSFramed(MapTransform):
         keys: Sequence[Hashable] = ("image", "label"),
         image_size: int = 256,
         num_tasks: int | None = None,
+        channels: Sequence[int] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_size = int(image_size)
         self.num_tasks = num_tasks
+        self.channels = None if channels is None else [int(c) for c in channels]
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -77,6 +81,12 @@ class LoadVFSSFramed(MapTransform):
 
     def _load_label(self, path: str) -> torch.Tensor:
         label = read_label(path)
+        if self.channels is not None:
+            if max(self.channels) >= label.shape[0]:
+                raise ValueError(
+                    f"label {path} has {label.shape[0]} channels; channel {max(self.channels)} was asked for."
+                )
+            label = label[self.channels]
         if self.num_tasks is not None and label.shape[0] != self.num_tasks:
             raise ValueError(
                 f"label {path} has {label.shape[0]} channels but the config has {self.num_tasks} tasks; "

@@ -24,7 +24,8 @@ from vfss_agglo_bundle.utils.distributed import broadcast_from_main, is_distribu
 
 
 def distill_logs(output: Mapping[str, Any]) -> dict[str, float]:
-    """The scalars of a distillation step for loggers: ``loss``, ``loss_<teacher>``, ``weight_<teacher>``."""
+    """The scalars of a distillation step for loggers: ``loss``, ``loss_<teacher>`` (batch mean),
+    ``weight_<teacher>`` (mean over the batch's samples) and ``weight_sd_<teacher>`` (their spread)."""
     logs = {}
     for key, value in output.items():
         if key == Keys.LOSS or key.startswith(("loss_", "weight_")):
@@ -37,10 +38,11 @@ class DistillationTrainer(SupervisedTrainer):
 
     Args:
         device, max_epochs, train_data_loader, network, optimizer: as for ``SupervisedTrainer``; ``network`` is a
-            ``DistillationModel`` (or its DDP wrapper) returning ``{teacher: (summary_pred | None, dense_pred)}``.
+            ``DistillationModel`` (or its DDP wrapper) returning a ``DistillationOutput``.
         loss_function: per-teacher ``DistillationLoss``.
-        balancer: module mapping ``{teacher: loss}`` to ``(total, {teacher: weight})``. Its parameters must be in
-            ``optimizer``; under DDP their gradients are averaged across ranks here.
+        balancer: module mapping per-sample losses ``{teacher: [B]}`` and the student summaries ``[B, D]`` to
+            ``(total, weights [B, K])``. Its parameters must be in ``optimizer``; under DDP their gradients are
+            averaged across ranks here.
         teacher_models: optional ``{name: Teacher}`` computed online (frozen, never wrapped in DDP); teachers not
             listed are read from the batch.
         grad_clip: max gradient norm (``None``: no clipping).
@@ -48,8 +50,9 @@ class DistillationTrainer(SupervisedTrainer):
             ``prepare_batch`` gives the image (its first element; the teacher targets are read from the batch
             itself) and ``inferer(image, network)`` runs the forward, so it must return the network's dict.
 
-    ``engine.state.output`` holds ``image`` and the detached scalars ``loss``, ``loss_<teacher>`` and
-    ``weight_<teacher>`` (feature maps are not kept, so nothing large is decollated or logged).
+    ``engine.state.output`` holds ``image`` and the detached scalars ``loss``, ``loss_<teacher>``,
+    ``weight_<teacher>`` and ``weight_sd_<teacher>`` (feature maps are not kept, so nothing large is decollated or
+    logged).
     """
 
     def __init__(
@@ -144,12 +147,13 @@ class DistillationTrainer(SupervisedTrainer):
             targets = self._targets(batchdata, image)
             outputs = engine.inferer(image, engine.network)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            losses = engine.loss_function(outputs, targets)
-            total, weights = self.balancer(losses)
+            losses = engine.loss_function(outputs.predictions, targets)
+            total, weights = self.balancer(losses, outputs.summary.detach())
             engine.state.output[Keys.LOSS] = total.detach()
-            for name in self.teacher_names:
-                engine.state.output[f"loss_{name}"] = float(losses[name].detach())
-                engine.state.output[f"weight_{name}"] = float(weights[name])
+            for i, name in enumerate(self.teacher_names):
+                engine.state.output[f"loss_{name}"] = float(losses[name].detach().mean())
+                engine.state.output[f"weight_{name}"] = float(weights[:, i].mean())
+                engine.state.output[f"weight_sd_{name}"] = float(weights[:, i].std(unbiased=False))
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
             return total
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 from vfss_agglo_bundle.metrics.multitask import METRICS, segmentation_scores
 from vfss_agglo_bundle.utils.distributed import is_main_process
@@ -18,17 +21,24 @@ logger = logging.getLogger(__name__)
 
 EMPTY_POLICY = (
     "per frame and task: both masks empty -> Dice 1, IoU 1, HD95 0; exactly one empty -> Dice 0, IoU 0, "
-    "HD95 = image diagonal (pixels); averaged over frames, then over tasks for the mean"
+    "HD95 = image diagonal (pixels); averaged over frames, then over tasks for the mean. Dice (present): over the "
+    "frames whose label has the structure; FP rate (absent): share of the frames without it that have a prediction"
 )
+COLUMNS: tuple[str, ...] = ("dice", "dice_present", "fp_rate", "iou", "hd95")
+HEADERS = {"dice": "Dice", "dice_present": "Dice (present)", "fp_rate": "FP rate (absent)", "iou": "IoU",
+           "hd95": "HD95 (px)"}  # fmt: skip
 
 
 class MultiTaskReport:
     """Attach to a MONAI evaluator whose step output holds ``image``, ``pred`` (binary) and ``label`` per frame.
 
     At the end of the run it writes ``<output_dir>/report.{json,csv,md}`` from ``engine.state.metrics[metric_name]``
-    (a :class:`~vfss_agglo_bundle.engines.multitask_evaluator.MultiTaskSegMetrics` with ``reduce="all"``) and, per
+    (a :class:`~vfss_agglo_bundle.metrics.MultiTaskSegMetrics` with ``reduce="all"``: per task Dice, Dice over the
+    frames where the structure is present, false-positive rate on the frames where it is absent, IoU, HD95) and, per
     task, ``overlays/<task>_best.png`` and ``<task>_worst.png`` (label | prediction) among frames where the task is
-    present in the label or the prediction. Earlier reports are kept under a timestamped name.
+    present in the label or the prediction. When the metric keeps its per-frame scores (``keep_frames``), the JSON
+    also holds each study's means (``"studies"``; a frame's study is its ``study`` key, else its image's folder).
+    Earlier reports are kept under a timestamped name.
 
     Args:
         output_dir: report folder.
@@ -53,12 +63,13 @@ class MultiTaskReport:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
-        self._best, self._worst, self._frames = {}, {}, 0
+        self._best, self._worst, self._frames, self._studies = {}, {}, 0, []
 
     def _track(self, engine: Engine) -> None:
         outputs = engine.state.output
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(outputs)
         self._frames += len(outputs)
+        self._studies += [str(d.get("study") or Path(str(d.get("image_path", "?/frame"))).parent.name) for d in batch]
         if not self.overlays:
             return
         for item, data in zip(outputs, batch, strict=True):
@@ -78,10 +89,12 @@ class MultiTaskReport:
         if not is_main_process():
             return
         metrics = engine.state.metrics[self.metric_name]
-        rows = [{"task": t, **{m: metrics[f"{m}_{t}"] for m in METRICS if f"{m}_{t}" in metrics}} for t in self.tasks]
-        rows.append({"task": "mean", **{m: metrics[f"mean_{m}"] for m in METRICS if f"mean_{m}" in metrics}})
+        rows = [{"task": t, **{m: metrics[f"{m}_{t}"] for m in COLUMNS if f"{m}_{t}" in metrics}} for t in self.tasks]
+        rows.append({"task": "mean", **{m: metrics[f"mean_{m}"] for m in COLUMNS if f"mean_{m}" in metrics}})
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        report = {"num_frames": self._frames, "tasks": self.tasks, "rows": rows, "empty_masks": EMPTY_POLICY}
+        report = {"num_frames": self._frames, "tasks": self.tasks, "rows": _finite(rows), "empty_masks": EMPTY_POLICY}
+        if "per_frame" in metrics:
+            report["studies"] = study_means(metrics["per_frame"], self._studies, self.tasks)
         write_json(self.output_dir / "report.json", report, keep_old=True)
         write_text(self.output_dir / "report.csv", _csv(rows), keep_old=True)
         write_text(
@@ -107,17 +120,42 @@ class MultiTaskReport:
                 save_png(folder / f"{self.tasks[t]}_{which}.png", contact_sheet(tiles, titles, cols=2), keep_old=True)
 
 
+def _finite(value: Any) -> Any:
+    """``nan`` -> ``None`` (valid JSON), in nested rows."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def study_means(per_frame: dict[str, torch.Tensor], studies: Sequence[str], tasks: Sequence[str]) -> dict:
+    """``{study: {task or "mean": {metric: value}}}`` from per-frame scores ``{metric: [N, T]}`` (with ``present``
+    and ``predicted`` flags); ``None`` where a study has no frame to average (no present / absent frame)."""
+    if len(studies) != len(per_frame["dice"]):
+        raise ValueError(f"{len(studies)} study ids for {len(per_frame['dice'])} scored frames.")
+    result = {}
+    for study in sorted(set(studies)):
+        rows = torch.tensor([s == study for s in studies])
+        present, predicted = per_frame["present"][rows], per_frame["predicted"][rows]
+        values = {m: per_frame[m][rows].double().mean(0) for m in METRICS if m in per_frame}
+        values["dice_present"] = (per_frame["dice"][rows] * present).sum(0) / present.sum(0)
+        values["fp_rate"] = (predicted & ~present).sum(0) / (~present).sum(0)
+        table = {t: {m: float(v[i]) for m, v in values.items()} for i, t in enumerate(tasks)}
+        table["mean"] = {m: float(v.nanmean()) for m, v in values.items()}
+        result[study] = _finite(table)
+    return result
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Rows of ``{"task", "dice", "iou", "hd95"}`` as a Markdown table."""
-    cols = [m for m in METRICS if m in rows[0]]
-    head = (
-        "| task | "
-        + " | ".join("HD95 (px)" if c == "hd95" else c.capitalize() if c != "iou" else "IoU" for c in cols)
-        + " |"
-    )
-    lines = [head, "|---" * (len(cols) + 1) + "|"]
+    """Rows of ``{"task", <metric>: value}`` (the report's columns) as a Markdown table; a missing value is ``-``."""
+    cols = [m for m in COLUMNS if m in rows[0]]
+    lines = ["| task | " + " | ".join(HEADERS[c] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in rows:
-        cells = [f"{row[c]:.2f}" if c == "hd95" else f"{row[c]:.4f}" for c in cols]
+        cells = ["-" if row[c] is None or math.isnan(row[c]) else f"{row[c]:.2f}" if c == "hd95" else f"{row[c]:.4f}"
+                 for c in cols]  # fmt: skip
         task = f"**{row['task']}**" if row["task"] == "mean" else row["task"]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -6,27 +6,31 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
 from monai.utils import set_determinism
+from vfss_agglo_bundle.utils.random import derived_seed
 
 
 class EpochSeed:
-    """At every ``EPOCH_STARTED`` seed Python, NumPy, torch and the dataset's random transforms with
-    ``seed + epoch + RANK_STRIDE * rank``.
+    """At every ``EPOCH_STARTED`` seed Python, NumPy, torch and the dataset's random transforms with the stream
+    ``derived_seed(seed, "epoch", epoch, rank)`` (:mod:`vfss_agglo_bundle.utils.random`).
 
     A run resumed from an epoch-end checkpoint then sees exactly the batches an uninterrupted run would have seen,
-    whether or not the DataLoader uses worker processes. Under ``torch.distributed`` every rank draws different
-    augmentations (rank 0, and a run without DDP, use ``seed + epoch``).
+    whether or not the DataLoader uses worker processes. Streams of different seeds, epochs and ranks do not
+    coincide (with ``seed + epoch``, seed 1 at epoch 1 would replay seed 0 at epoch 2); under
+    ``torch.distributed`` every rank draws different augmentations.
     """
-
-    RANK_STRIDE = 100_003
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
+
+    def epoch_seed(self, epoch: int, rank: int = 0) -> int:
+        """The seed of ``epoch`` on ``rank``."""
+        return derived_seed(self.seed, "epoch", int(epoch), int(rank))
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        seed = self.seed + engine.state.epoch + self.RANK_STRIDE * idist.get_rank()
+        seed = self.epoch_seed(engine.state.epoch, idist.get_rank())
         set_determinism(seed=seed)
         dataset = getattr(engine.data_loader, "dataset", None)
         if dataset is not None:

@@ -1,50 +1,63 @@
-"""Teacher loss balancing: per-teacher scalar losses -> one total loss and per-teacher weights.
+"""Teacher loss balancing: per-sample, per-teacher losses -> one total loss and per-sample teacher weights.
 
-Every balancer is an ``nn.Module`` called as ``total, weights = balancer({teacher: loss})``; ``weights``
-(a dict of floats, and the tensor property ``balancer.weights``) is meant to be logged every iteration.
-Learned balancers have parameters: give ``balancer.parameters()`` to the optimizer (weight decay 0,
-learning rate about 10x the student's is a good start) and save ``balancer.state_dict()`` when resuming.
+Every balancer is an ``nn.Module`` called as ``total, weights = balancer({teacher: loss [B]}, features)`` with
+the per-sample losses of each teacher and the (detached) student summary ``features [B, D]`` of each sample;
+``weights`` is ``[B, K]`` in ``teacher_names`` order. The trainer logs its mean and its spread over the samples.
+Learned balancers have parameters: give ``balancer.parameters()`` to the optimizer (weight decay 0, learning
+rate about 10x the student's) and save ``balancer.state_dict()`` when resuming.
 
 ``fixed``
-    ``total = sum_i w_i L_i`` with config weights normalised to sum to 1.
+    ``total = mean_b sum_i w_i L_bi`` with config weights normalised to sum to 1.
 ``uncertainty``
-    Kendall-style (FeatSharp): learned ``u_i``, ``total = sum_i exp(-u_i) L_i + u_i / 2``. At its
-    optimum ``exp(-u_i) = 1 / (2 L_i)``: every teacher contributes the same, so a teacher whose loss
-    is 100x larger gets ~100x less weight (the reported weights are ``softmax(-u)``).
-``mlp`` / ``attention``
-    The paper's learned weightings, ``a = softmax(W2 sigma(W1 r + b1) + b2)`` and
-    ``a_i = softmax_i(q . k_i / sqrt(d))``. Minimising ``sum_i a_i L_i`` over the balancer parameters
-    would put all the weight on the easiest teacher, so they are guarded:
+    Kendall-style (FeatSharp): learned ``u_i``, ``total = sum_i exp(-u_i) L_i + u_i / 2`` on the batch-mean
+    losses. At its optimum ``exp(-u_i) = 1 / (2 L_i)``: every teacher contributes the same, so a teacher whose
+    loss is 100x larger gets ~100x less weight (the reported weights are ``softmax(-u)``).
+``mlp`` (one weight vector per batch)
+    ``p = softmax(W2 GELU(W1 r + b1) + b2)`` from the vector ``r`` of the teachers' relative batch losses.
+``attention`` (one weight vector per sample)
+    ``p_b = softmax_i(q_b . k_i / sqrt(d))`` with one learned key ``k_i`` per teacher and a query
+    ``q_b = W_q LayerNorm(f_b)`` computed from the detached student summary ``f_b`` of sample ``b``, so that
+    frames on which the student represents different content can weigh the teachers differently.
 
-    1. *Scale-free input.* Each loss is divided by its reference value (the mean of its first
-       ``ref_steps`` values, kept in a buffer), smoothed with an EMA and divided by the mean over
-       teachers: ``r_i = (L_i / L_i^ref) / mean_j (L_j / L_j^ref)`` (GradNorm's relative inverse
-       training rate). The student also gets the normalised losses, ``total = sum_i a_i L_i / L_i^ref``,
-       so a teacher whose loss is scaled 100x is treated exactly like the unscaled one.
-    2. *Objective.* The balancer parameters maximise the weighted relative loss minus a KL penalty
-       towards uniform weights: ``J = sum_i p_i r_i - temperature * KL(p || uniform)``, whose optimum
-       is ``p_i ~ exp(r_i / temperature)``. Teachers that are learned more slowly (relative to their
-       start) get more weight; as the student catches up ``r`` evens out and the weights return to
-       uniform (negative feedback, as in GradNorm / DWA / group-DRO), so no teacher is dropped.
-       The losses fed to the balancer are detached and the weights applied to the student's losses
-       are detached, so ``J`` moves only the balancer and the weighted loss moves only the student.
-    3. *Floor.* ``a_i = min_weight + (1 - K min_weight) p_i`` with ``min_weight = 0.5 / K`` by default,
-       so every teacher keeps at least half of its uniform share.
+What the two learned balancers optimise, and where that departs from the paper (Zeng et al. give
+``a = softmax(MLP(L))`` and ``a_i = softmax_i(q . k_i / sqrt(d))`` with a learned query, and minimise
+``sum_i a_i L_i``, which over the balancer parameters puts all the weight on the easiest teacher):
 
-Both gradients come from one backward pass: ``total`` carries ``J``'s gradient through the
-zero-valued term ``(-J) - (-J).detach()``, so its value is the weighted loss while one optimizer over
-student and balancer parameters does the right thing. Under ``torch.distributed`` the losses fed to
-the balancer are averaged over ranks, so all ranks compute the same weights and balancer gradients.
+1. *Scale-free losses.* Each teacher's loss is divided by its reference value ``L_i^ref``, the mean of its first
+   ``ref_steps`` batch losses (kept in a buffer), and by the mean over teachers:
+   ``r_i = (L_i / L_i^ref) / mean_j (L_j / L_j^ref)`` (GradNorm's relative inverse training rate); for ``mlp``
+   the batch values are smoothed with an EMA, for ``attention`` ``r_bi`` is computed per sample. The student
+   also gets the normalised losses, ``total = mean_b sum_i a_bi L_bi / L_i^ref``, so a teacher whose loss is
+   scaled 100x is treated exactly like the unscaled one.
+2. *Objective.* The balancer parameters maximise the weighted relative loss minus a KL penalty towards uniform
+   weights, ``J = mean_b [sum_i p_bi r_bi - temperature * KL(p_b || uniform)]``, whose optimum is
+   ``p_bi ~ exp(r_bi / temperature)``: teachers (and, for attention, teachers on a frame) that are learned more
+   slowly, relative to their start, get more weight; as the student catches up ``r`` evens out and the weights
+   return to uniform (negative feedback, as in GradNorm / DWA / group-DRO), so no teacher is dropped. The MLP
+   sees ``r`` itself, so it learns to approximate that closed form batch by batch (a smoothed DWA). The attention
+   query sees only the student's features, not the losses, so it can reach the per-sample optimum only as far as
+   the features predict which teacher a frame is hard for: its weights are a learned function of the image
+   content, the paper's idea of attention over teachers made input-dependent (the paper's query is one vector).
+3. *Floor.* ``a_bi = min_weight + (1 - K min_weight) p_bi`` with ``min_weight = 0.5 / K`` by default, so every
+   teacher keeps at least half of its uniform share.
+
+The losses fed to the balancer and the weights applied to the student's losses are detached, so ``J`` moves
+only the balancer and the weighted loss moves only the student; both gradients come from one backward pass
+through the zero-valued term ``(-J) - (-J).detach()``. Under ``torch.distributed`` the reference losses and the
+MLP's input are averaged over ranks, so all ranks agree (the trainer averages the balancer's gradients).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from vfss_agglo_bundle.utils.distributed import mean_over_ranks
+from vfss_agglo_bundle.utils.random import seeded
 from vfss_agglo_bundle.utils.registry import check_name, lookup
 
 __all__ = [
@@ -65,7 +78,7 @@ def _zero_valued(objective: torch.Tensor) -> torch.Tensor:
 
 
 class LossBalancer(nn.Module):
-    """Base class: checks the loss dict, keeps the last weights for logging.
+    """Base class: checks the losses, keeps the last batch-mean weights for logging.
 
     An empty teacher list (training from scratch, where stage 1 is skipped) gives a balancer with no weights.
     """
@@ -84,28 +97,30 @@ class LossBalancer(nn.Module):
 
     @property
     def weights(self) -> torch.Tensor:
-        """Weights of the last call, ``[K]`` detached, in ``teacher_names`` order."""
+        """Batch-mean weights of the last call, ``[K]`` detached, in ``teacher_names`` order."""
         return self.last_weights.detach().clone()
 
     def _stack(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``{teacher: scalar}`` -> ``[K]`` in ``teacher_names`` order."""
+        """``{teacher: [B] or scalar}`` -> ``[B, K]`` in ``teacher_names`` order (a scalar is a batch of one)."""
         if set(losses) != set(self.teacher_names):
             raise KeyError(f"balancer expects losses for {self.teacher_names}, got {sorted(losses)}")
-        vec = torch.stack([torch.as_tensor(losses[name]).reshape(()) for name in self.teacher_names])
-        return vec.float()
+        return torch.stack([torch.as_tensor(losses[n]).reshape(-1) for n in self.teacher_names], dim=1).float()
 
-    def _finish(self, total: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        self.last_weights.copy_(weights.detach())
-        values = weights.detach().cpu().tolist()
-        return total, dict(zip(self.teacher_names, values, strict=True))
+    def _finish(self, total: torch.Tensor, weights: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the batch-mean of ``weights`` (``[K]`` or ``[B, K]``) and return them as ``[B, K]``."""
+        weights = weights.detach().expand(batch, -1) if weights.ndim == 1 else weights.detach()
+        self.last_weights.copy_(weights.mean(0))
+        return total, weights
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """``{teacher: scalar loss}`` -> ``(total scalar, {teacher: weight})``."""
+    def forward(
+        self, losses: Mapping[str, torch.Tensor], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``{teacher: per-sample losses [B]}``, student summaries ``[B, D]`` -> ``(total, weights [B, K])``."""
         raise NotImplementedError
 
 
 class FixedBalancer(LossBalancer):
-    """``total = sum_i w_i L_i``; ``weights`` (mapping or sequence, default uniform) are normalised to sum to 1."""
+    """``total = mean_b sum_i w_i L_bi``; ``weights`` (mapping or sequence, default uniform) normalised to sum 1."""
 
     def __init__(
         self, teacher_names: Sequence[str], weights: Mapping[str, float] | Sequence[float] | None = None
@@ -127,24 +142,30 @@ class FixedBalancer(LossBalancer):
             raise ValueError(f"fixed balancer weights must be >= 0 with a positive sum, got {values}")
         self.register_buffer("fixed_weights", torch.tensor(values) / max(sum(values), 1e-12))
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, losses: Mapping[str, torch.Tensor], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         vec = self._stack(losses)
-        return self._finish((self.fixed_weights * vec).sum(), self.fixed_weights)
+        return self._finish((vec * self.fixed_weights).sum(1).mean(), self.fixed_weights, len(vec))
 
 
 class UncertaintyBalancer(LossBalancer):
-    """``total = sum_i exp(-u_i) L_i + u_i / 2`` with learned ``u`` (init ``init_u``); weights ``softmax(-u)``."""
+    """``total = sum_i exp(-u_i) L_i + u_i / 2`` on batch means, learned ``u`` (init ``init_u``); weights
+    ``softmax(-u)``."""
 
     def __init__(self, teacher_names: Sequence[str], init_u: float = 0.0) -> None:
         super().__init__(teacher_names)
         self.log_var = nn.Parameter(torch.full((self.num_teachers,), float(init_u)))
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, losses: Mapping[str, torch.Tensor], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         vec = self._stack(losses)
+        batch = vec.mean(0)
         u = self.log_var
-        value = (torch.exp(-u).detach() * vec + u.detach() / 2).sum()
-        objective = (torch.exp(-u) * mean_over_ranks(vec) + u / 2).sum()
-        return self._finish(value + _zero_valued(objective), torch.softmax(-u.detach(), dim=0))
+        value = (torch.exp(-u).detach() * batch + u.detach() / 2).sum()
+        objective = (torch.exp(-u) * mean_over_ranks(batch) + u / 2).sum()
+        return self._finish(value + _zero_valued(objective), torch.softmax(-u.detach(), dim=0), len(vec))
 
 
 class _GuardedBalancer(LossBalancer):
@@ -154,8 +175,8 @@ class _GuardedBalancer(LossBalancer):
         teacher_names: teachers, in the order of the weight vector.
         temperature: strength of the KL-to-uniform term; lower = more contrast between teachers.
         min_weight: floor on every weight; default ``0.5 / K``; must be at most ``1 / K``.
-        ref_steps: number of first calls whose mean loss is each teacher's reference value.
-        momentum: EMA momentum of the normalised losses fed to the weighting.
+        ref_steps: number of first calls whose mean batch loss is each teacher's reference value.
+        momentum: EMA momentum of the normalised batch losses (``mlp``).
     """
 
     def __init__(
@@ -182,38 +203,27 @@ class _GuardedBalancer(LossBalancer):
         self.register_buffer("ref_sum", torch.zeros(k))
         self.register_buffer("ema", torch.ones(k))
 
-    def logits(self, rel: torch.Tensor) -> torch.Tensor:
-        """Relative losses ``[K]`` (mean 1) -> unnormalised log-weights ``[K]``."""
-        raise NotImplementedError
-
     @torch.no_grad()
-    def _relative(self, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update reference and EMA with detached losses ``[K]``; return ``(reference [K], r [K])``."""
+    def _reference(self, batch: torch.Tensor) -> torch.Tensor:
+        """Update the reference with the detached batch-mean losses ``[K]``; returns it ``[K]``."""
         if int(self.steps) < self.ref_steps:
-            self.ref_sum += observed
-        ref = (self.ref_sum / min(int(self.steps) + 1, self.ref_steps)).clamp_min(1e-12)
-        normed = observed / ref
-        if int(self.steps) == 0:
-            self.ema.copy_(normed)
-        else:
-            self.ema.mul_(self.momentum).add_(normed, alpha=1.0 - self.momentum)
+            self.ref_sum += batch
         self.steps += 1
-        return ref, self.ema / self.ema.mean().clamp_min(1e-12)
+        return (self.ref_sum / min(int(self.steps), self.ref_steps)).clamp_min(1e-12)
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        vec = self._stack(losses)
-        ref, rel = self._relative(mean_over_ranks(vec))
-        probs = torch.softmax(self.logits(rel), dim=0)
+    def _combine(self, vec: torch.Tensor, ref: torch.Tensor, probs: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """Student loss with the floored weights, plus the balancer objective's gradient (``probs``, ``rel``
+        ``[B, K]`` or ``[K]``)."""
         k = self.num_teachers
         weights = self.min_weight + (1.0 - k * self.min_weight) * probs
-        kl_to_uniform = (probs * torch.log(probs.clamp_min(1e-12))).sum() + math.log(k)
-        objective = -(probs * rel).sum() + self.temperature * kl_to_uniform
-        total = (weights.detach() * vec / ref).sum() + _zero_valued(objective)
-        return self._finish(total, weights)
+        kl_to_uniform = (probs * torch.log(probs.clamp_min(1e-12))).sum(-1) + math.log(k)
+        objective = ((probs * rel).sum(-1) - self.temperature * kl_to_uniform).mean()
+        student = (weights.detach() * vec / ref).sum(1).mean()
+        return student + _zero_valued(-objective), weights
 
 
 class MLPBalancer(_GuardedBalancer):
-    """``a = softmax(W2 GELU(W1 r + b1) + b2)``, ``W1 in R^{h x K}``, ``W2 in R^{K x h}``.
+    """Per-batch weights ``p = softmax(W2 GELU(W1 r + b1) + b2)``, ``W1 in R^{h x K}``, ``W2 in R^{K x h}``.
 
     ``W2`` and ``b2`` start at zero: uniform weights at the start.
     """
@@ -225,23 +235,62 @@ class MLPBalancer(_GuardedBalancer):
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 
-    def logits(self, rel: torch.Tensor) -> torch.Tensor:
-        return self.mlp(rel)
+    def forward(
+        self, losses: Mapping[str, torch.Tensor], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        vec = self._stack(losses)
+        batch = mean_over_ranks(vec.mean(0))
+        ref = self._reference(batch)
+        with torch.no_grad():
+            normed = batch / ref
+            if int(self.steps) == 1:
+                self.ema.copy_(normed)
+            else:
+                self.ema.mul_(self.momentum).add_(normed, alpha=1.0 - self.momentum)
+            rel = self.ema / self.ema.mean().clamp_min(1e-12)
+        probs = torch.softmax(self.mlp(rel), dim=-1)
+        total, weights = self._combine(vec, ref, probs, rel)
+        return self._finish(total, weights, len(vec))
 
 
 class AttentionBalancer(_GuardedBalancer):
-    """``a_i = softmax_i(q . k_i / sqrt(d))``, learned query ``q`` (zero at the start: uniform weights), keys ``k_i``.
+    """Per-sample weights ``p_b = softmax_i(q_b . k_i / sqrt(d))``, ``q_b = W_q LayerNorm(f_b)`` from the
+    detached student summary ``f_b [D]``; one learned key ``k_i`` per teacher.
 
-    The weights do not depend on the current losses; ``r`` enters only through the objective.
+    ``W_q`` starts at zero: uniform weights at the start.
+
+    Args:
+        teacher_names: teachers.
+        feature_dim: D, the length of the student summary.
+        dim: d, the query and key size.
+        kwargs: the guards (:class:`_GuardedBalancer`).
     """
 
-    def __init__(self, teacher_names: Sequence[str], dim: int = 16, **kwargs: float) -> None:
+    def __init__(self, teacher_names: Sequence[str], feature_dim: int, dim: int = 16, **kwargs: float) -> None:
         super().__init__(teacher_names, **kwargs)
-        self.query = nn.Parameter(torch.zeros(dim))
+        self.feature_dim = int(feature_dim)
+        self.query = nn.Linear(self.feature_dim, dim, bias=False)
+        nn.init.zeros_(self.query.weight)
         self.keys = nn.Parameter(torch.randn(self.num_teachers, dim))
 
-    def logits(self, rel: torch.Tensor) -> torch.Tensor:
-        return self.keys @ self.query / math.sqrt(self.query.shape[0])
+    def forward(
+        self, losses: Mapping[str, torch.Tensor], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        vec = self._stack(losses)
+        if features is None or features.shape != (len(vec), self.feature_dim):
+            shape = None if features is None else tuple(features.shape)
+            raise ValueError(
+                f"the attention balancer needs the student summary of every sample, [{len(vec)}, "
+                f"{self.feature_dim}], got {shape}."
+            )
+        ref = self._reference(mean_over_ranks(vec.mean(0)))
+        with torch.no_grad():
+            normed = vec / ref
+            rel = normed / normed.mean(1, keepdim=True).clamp_min(1e-12)
+        queries = self.query(F.layer_norm(features.detach().float(), (self.feature_dim,)))
+        probs = torch.softmax(queries @ self.keys.T / math.sqrt(self.keys.shape[1]), dim=-1)  # [B, K]
+        total, weights = self._combine(vec, ref, probs, rel)
+        return self._finish(total, weights, len(vec))
 
 
 BALANCERS: dict[str, type[LossBalancer]] = {
@@ -257,6 +306,27 @@ def check_balancing(name: str) -> None:
     check_name(name, BALANCERS, "loss balancer")
 
 
-def build_balancer(name: str, teacher_names: Sequence[str], **kwargs: object) -> LossBalancer:
-    """Balancer by name (``fixed``, ``uncertainty``, ``mlp``, ``attention``); ``kwargs`` go to its constructor."""
-    return lookup(name, BALANCERS, "loss balancer")(teacher_names, **kwargs)
+def build_balancer(
+    name: str,
+    teacher_names: Sequence[str],
+    feature_dim: int | None = None,
+    init_seed: int | None = None,
+    **kwargs: object,
+) -> LossBalancer:
+    """Balancer by name (``fixed``, ``uncertainty``, ``mlp``, ``attention``).
+
+    Args:
+        name: the balancer.
+        teacher_names: teachers, in weight order.
+        feature_dim: length of the student summary (used by ``attention``).
+        init_seed: the balancer's parameters are drawn from the stream ``(init_seed, "balancer")``, whatever ran
+            before (``None``: torch's current generator).
+        kwargs: the balancer's own arguments.
+    """
+    cls = lookup(name, BALANCERS, "loss balancer")
+    if "feature_dim" in inspect.signature(cls).parameters:
+        if feature_dim is None:
+            raise ValueError(f"the {name} balancer needs feature_dim (the student summary length).")
+        kwargs["feature_dim"] = feature_dim
+    with seeded(init_seed, "balancer"):
+        return cls(teacher_names, **kwargs)

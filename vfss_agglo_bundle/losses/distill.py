@@ -2,7 +2,7 @@
 
 Every loss function takes ``pred`` and ``target`` of the same shape, channels in dim 1 (``[B,C]`` or
 ``[B,C,h,w]``), compares them token by token (a token = one spatial position of one image) and
-returns a scalar averaged over tokens.
+returns one value per sample, ``[B]``, averaged over that sample's tokens (the balancers weigh samples).
 """
 
 from __future__ import annotations
@@ -23,26 +23,31 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
 
 
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    """``[B, ...]`` -> ``[B]`` mean over everything but the batch."""
+    return values.reshape(values.shape[0], -1).mean(1)
+
+
 def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of ``1 - cos(pred, target)`` along dim 1 (the summary loss)."""
+    """``[B]``: mean over a sample's tokens of ``1 - cos(pred, target)`` along dim 1 (the summary loss)."""
     _check_pair(pred, target)
-    return (1.0 - F.cosine_similarity(pred, target.to(pred.dtype), dim=1)).mean()
+    return _per_sample(1.0 - F.cosine_similarity(pred, target.to(pred.dtype), dim=1))
 
 
 def cosine_smooth_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """AM-RADIO / Theia dense loss: mean over tokens of ``0.9 (1 - cos) + 0.1 smoothL1``
+    """AM-RADIO / Theia dense loss, ``[B]``: mean over a sample's tokens of ``0.9 (1 - cos) + 0.1 smoothL1``
     (smooth L1 averaged over channels, beta 1)."""
     _check_pair(pred, target)
     target = target.to(pred.dtype)
     cos = 1.0 - F.cosine_similarity(pred, target, dim=1)
     l1 = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0).mean(dim=1)
-    return (0.9 * cos + 0.1 * l1).mean()
+    return _per_sample(0.9 * cos + 0.1 * l1)
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over all elements (RADIO v2.5 uses it on PHI-S standardised targets)."""
+    """``[B]``: mean squared error over a sample's elements (RADIO v2.5 uses it on PHI-S standardised targets)."""
     _check_pair(pred, target)
-    return F.mse_loss(pred, target.to(pred.dtype))
+    return _per_sample((pred - target.to(pred.dtype)) ** 2)
 
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -70,7 +75,7 @@ class DistillationLoss(nn.Module):
 
     ``forward(outputs, targets)``: ``outputs[t] = (summary_pred [B,D] | None, dense_pred [B,C,h,w])`` as
     returned by ``DistillationModel``; ``targets[t] = (summary [B,D] | None, dense [B,C,h,w])`` (e.g. a
-    ``TeacherOutput``). Returns ``{teacher: scalar loss}``.
+    ``TeacherOutput``). Returns ``{teacher: per-sample loss [B]}``.
     """
 
     def __init__(

@@ -1,18 +1,35 @@
-"""Standardising each teacher's targets before their losses are mixed: PHI-S (RADIO v2.5 / FeatSharp)."""
+"""Standardising each teacher's targets before their losses are mixed: per-channel z-score, or PHI-S (RADIO v2.5 /
+FeatSharp).
+
+``standardize: none | zscore | phi_s`` in train.yaml picks one for every teacher. The statistics are fitted once
+from the teacher's feature store (every stored frame and view) by :func:`store_standardizers` and cached in the
+store's folder (``standardize-<kind>.pt`` with ``standardize-<kind>.json`` naming the teacher signature they were
+fitted on); a cache whose signature differs from the store's is refused.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
-from vfss_agglo_bundle.utils.io import save_torch
+from vfss_agglo_bundle.utils.io import read_json, save_torch, write_json
+from vfss_agglo_bundle.utils.registry import check_name
 from vfss_agglo_bundle.utils.state_dict import read_state_dict
 
-__all__ = ["PHIStandardizer", "hadamard_matrix"]
+__all__ = [
+    "STANDARDIZATIONS",
+    "PHIStandardizer",
+    "ZScoreStandardizer",
+    "check_standardization",
+    "hadamard_matrix",
+    "store_standardizers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -167,3 +184,125 @@ class PHIStandardizer(nn.Module):
         standardizer = cls(int(state["mean"].shape[0]))
         standardizer.load_state_dict(state, strict=True)
         return standardizer
+
+
+class ZScoreStandardizer(nn.Module):
+    """Per-channel z-score of one teacher's features: ``x_hat_c = (x_c - mean_c) / std_c`` per token (Theia, UNIC).
+
+    The statistics are computed once with :meth:`fit` and kept in buffers; ``save``/``load`` store them.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.count > 0)
+
+    @torch.no_grad()
+    def fit(self, features: Iterable[torch.Tensor]) -> ZScoreStandardizer:
+        """Per-channel mean and standard deviation over every token of the batches (``[N, C]`` or ``[B, C, h, w]``),
+        streaming."""
+        total, acc, acc_sq = 0, torch.zeros(self.dim, dtype=torch.float64), torch.zeros(self.dim, dtype=torch.float64)
+        for batch in features:
+            tokens = PHIStandardizer._tokens(batch)
+            if tokens.shape[1] != self.dim:
+                raise ValueError(f"z-score was built for {self.dim} channels but got features with {tokens.shape[1]}")
+            total += tokens.shape[0]
+            acc += tokens.sum(0)
+            acc_sq += (tokens**2).sum(0)
+        if total < 2:
+            raise ValueError("z-score needs at least 2 feature tokens to fit")
+        mean = acc / total
+        var = ((acc_sq - total * mean**2) / (total - 1)).clamp_min(0.0)
+        self.mean.copy_(mean.float())
+        self.std.copy_(var.sqrt().clamp_min(1e-6).float())
+        self.count.fill_(total)
+        return self
+
+    def standardize(self, dense: torch.Tensor) -> torch.Tensor:
+        """``[B, C, h, w]`` (or ``[N, C]``) teacher features -> z-scores of the same shape (float32)."""
+        if not self.fitted:
+            raise RuntimeError("ZScoreStandardizer is not fitted: call fit() on stored teacher features or load()")
+        shape = (1, -1, *([1] * (dense.dim() - 2)))
+        return (dense.float() - self.mean.view(shape)) / self.std.view(shape)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.standardize(dense)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the statistics to ``path`` atomically; an existing file is kept unless ``overwrite``."""
+        save_torch({k: v.cpu() for k, v in self.state_dict().items()}, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ZScoreStandardizer:
+        """Read statistics written by :meth:`save`."""
+        state = read_state_dict(path, "z-score statistics")
+        if "mean" not in state or "std" not in state:
+            raise ValueError(f"{path} is not a z-score statistics file (expected keys mean, std, count)")
+        standardizer = cls(int(state["mean"].shape[0]))
+        standardizer.load_state_dict(state, strict=True)
+        return standardizer
+
+
+STANDARDIZATIONS: dict[str, type[nn.Module] | None] = {
+    "none": None,
+    "zscore": ZScoreStandardizer,
+    "phi_s": PHIStandardizer,
+}
+
+
+class StoreReader(Protocol):
+    """What :func:`store_standardizers` needs of a teacher feature store reader."""
+
+    directory: Path
+    signature: str
+    dense_dim: int
+
+    def stored(self) -> list[tuple[str, int]]:
+        """Every stored ``(frame key, view)``."""
+
+    def read(self, key: str, view: int = 0) -> dict[str, torch.Tensor]:
+        """``{"dense": [C, h, w], ...}`` of one stored view."""
+
+
+def check_standardization(name: str) -> None:
+    """Raise a ``ValueError`` listing the choices when ``name`` is not ``none``, ``zscore`` or ``phi_s``."""
+    check_name(name, STANDARDIZATIONS, "target standardisation")
+
+
+def store_standardizers(readers: Mapping[str, StoreReader], kind: str = "none") -> dict[str, Any]:
+    """One fitted standardizer per teacher store (``{}`` for ``kind="none"``), fitted once and cached in the store.
+
+    Raises:
+        ValueError: an unknown ``kind``, or a cached file fitted on a store of another teacher signature.
+    """
+    check_standardization(kind)
+    cls = STANDARDIZATIONS[kind]
+    if cls is None:
+        return {}
+    fitted = {}
+    for name, reader in readers.items():
+        stats, record = reader.directory / f"standardize-{kind}.pt", reader.directory / f"standardize-{kind}.json"
+        if record.exists():
+            meta = read_json(record)
+            if meta.get("signature") != reader.signature:
+                raise ValueError(
+                    f"{record} was fitted on teacher signature {meta.get('signature')!r}, but the store in "
+                    f"{reader.directory} is {reader.signature!r}; delete {record} and {stats} to refit them."
+                )
+        if stats.exists():
+            fitted[name] = cls.load(stats)
+            continue
+        items = reader.stored()
+        logger.info("%s statistics of teacher %s: fitting on %d stored views", kind, name, len(items))
+        standardizer = cls(reader.dense_dim).fit(reader.read(key, view)["dense"][None] for key, view in items)
+        if not record.exists():
+            write_json(record, {"kind": kind, "teacher": name, "signature": reader.signature, "views": len(items)})
+        standardizer.save(stats)
+        fitted[name] = standardizer
+    return fitted

@@ -10,7 +10,11 @@ both empty             1       1      0
 exactly one empty      0       0      the image diagonal (the worst possible)
 =====================  ======  =====  ==========================================
 
-Scores are averaged over frames per task; ``mean_*`` averages the tasks.
+Scores are averaged over frames per task; ``mean_*`` averages the tasks. Because a structure that comes and goes
+(the bolus) scores 1 on every frame where it is absent and predicted absent, and 0 where one stray pixel is
+predicted, two more figures separate presence from shape: ``dice_present`` averages Dice over the frames where the
+label has the structure, and ``fp_rate`` is the share of the frames where it is absent that have a prediction.
+Either is ``nan`` for a task with no such frame (its ``mean_*`` averages the tasks that have one).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.metrics import compute_hausdorff_distance
 
 METRICS: tuple[str, ...] = ("dice", "iou", "hd95")
+PRESENCE_METRICS: tuple[str, ...] = ("dice_present", "fp_rate")
 
 
 def segmentation_scores(pred: torch.Tensor, label: torch.Tensor, hd95: bool = True) -> dict[str, torch.Tensor]:
@@ -70,8 +75,11 @@ class MultiTaskSegMetrics(Metric):
         tasks: task names, one per channel.
         output_transform: maps the engine output to ``(pred [N,T,H,W], label [N,T,H,W])``, binary (threshold first).
         hd95: include HD95.
-        reduce: ``"all"`` returns ``{"<metric>_<task>": float, "mean_<metric>": float}``;
-            ``"mean_dice"`` returns the scalar mean Dice (usable as a key metric for best-model selection).
+        reduce: ``"all"`` returns ``{"<metric>_<task>": float, "mean_<metric>": float}`` for ``dice``, ``iou``,
+            ``hd95``, ``dice_present`` and ``fp_rate``; ``"mean_dice"`` returns the scalar mean Dice (usable as a
+            key metric for best-model selection).
+        keep_frames: with ``reduce="all"``, also return ``"per_frame"``: ``{metric: [N, T] tensor}`` of every frame
+            in the order they were seen (for per-study means; on one process only: not gathered across ranks).
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class MultiTaskSegMetrics(Metric):
         output_transform: Callable = lambda x: x,
         hd95: bool = True,
         reduce: str = "all",
+        keep_frames: bool = False,
         device: str | torch.device = "cpu",
     ) -> None:
         if reduce not in ("all", "mean_dice"):
@@ -87,6 +96,7 @@ class MultiTaskSegMetrics(Metric):
         self.tasks = list(tasks)
         self.hd95 = hd95 and reduce == "all"
         self.reduce = reduce
+        self.keep_frames = keep_frames and reduce == "all"
         super().__init__(output_transform=output_transform, device=device)
 
     @reinit__is_reduced
@@ -94,6 +104,9 @@ class MultiTaskSegMetrics(Metric):
         self._names = METRICS if self.hd95 else METRICS[:2]
         self._sums = torch.zeros(len(self._names), len(self.tasks), dtype=torch.float64, device=self._device)
         self._count = torch.zeros((), dtype=torch.float64, device=self._device)
+        # per task: frames with the structure, their Dice sum, frames without it, false positives among them
+        self._presence = torch.zeros(4, len(self.tasks), dtype=torch.float64, device=self._device)
+        self._frames: list[dict[str, torch.Tensor]] = []
 
     @reinit__is_reduced
     def update(self, output: Sequence[torch.Tensor]) -> None:
@@ -109,16 +122,32 @@ class MultiTaskSegMetrics(Metric):
         for i, name in enumerate(self._names):
             self._sums[i] += scores[name].sum(0).to(self._device)
         self._count += pred.shape[0]
+        present = label.flatten(2).any(2).to(self._device)
+        predicted = pred.flatten(2).any(2).to(self._device)
+        dice = scores["dice"].to(self._device)
+        self._presence[0] += present.sum(0)
+        self._presence[1] += torch.where(present, dice, 0.0).sum(0)
+        self._presence[2] += (~present).sum(0)
+        self._presence[3] += (~present & predicted).sum(0)
+        if self.keep_frames:
+            frame = {name: scores[name].cpu() for name in self._names}
+            frame["present"], frame["predicted"] = present.cpu(), predicted.cpu()
+            self._frames.append(frame)
 
-    @sync_all_reduce("_count", "_sums")
+    @sync_all_reduce("_count", "_sums", "_presence")
     def compute(self) -> float | dict[str, float]:
         if self._count == 0:
             raise RuntimeError("MultiTaskSegMetrics needs at least one frame before compute().")
         means = dict(zip(self._names, self._sums / self._count, strict=True))
         if self.reduce == "mean_dice":
             return float(means["dice"].mean())
-        result: dict[str, float] = {}
+        present, dice_sum, absent, false_pos = self._presence
+        means["dice_present"] = torch.where(present > 0, dice_sum / present.clamp_min(1), math.nan)
+        means["fp_rate"] = torch.where(absent > 0, false_pos / absent.clamp_min(1), math.nan)
+        result: dict = {}
         for name, per_task in means.items():
             result.update({f"{name}_{task}": float(v) for task, v in zip(self.tasks, per_task, strict=True)})
-            result[f"mean_{name}"] = float(per_task.mean())
+            result[f"mean_{name}"] = float(per_task.nanmean()) if not per_task.isnan().all() else math.nan
+        if self.keep_frames:
+            result["per_frame"] = {k: torch.cat([f[k] for f in self._frames]) for k in self._frames[0]}
         return result

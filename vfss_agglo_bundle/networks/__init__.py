@@ -3,6 +3,7 @@
 from vfss_agglo_bundle.networks.adaptors import (
     DenseAdaptor,
     DistillationModel,
+    DistillationOutput,
     FeatureFusion,
     SummaryAdaptor,
     TeacherSpec,
@@ -15,6 +16,7 @@ from vfss_agglo_bundle.networks.student import SUPPORTED_BACKBONES, StudentEncod
 __all__ = [
     "DenseAdaptor",
     "DistillationModel",
+    "DistillationOutput",
     "FeatureFusion",
     "LightDecoder",
     "SUPPORTED_BACKBONES",

@@ -17,6 +17,7 @@ neck, which made distillation head-bound on CPU (the student itself is 0.23 GFLO
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -24,8 +25,27 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from vfss_agglo_bundle.networks.student import StudentEncoder
 from vfss_agglo_bundle.teachers.base import TeacherSpec
+from vfss_agglo_bundle.utils.random import seeded
 
-__all__ = ["DenseAdaptor", "DistillationModel", "FeatureFusion", "SummaryAdaptor", "resize_to_grid"]
+__all__ = [
+    "DenseAdaptor",
+    "DistillationModel",
+    "DistillationOutput",
+    "FeatureFusion",
+    "SummaryAdaptor",
+    "resize_to_grid",
+]
+
+
+class DistillationOutput(NamedTuple):
+    """What :class:`DistillationModel` returns.
+
+    predictions: teacher -> (summary prediction ``[B, D_t]`` or None, dense prediction ``[B, C_t, h_t, w_t]``).
+    summary: the student's own summary ``[B, D]`` (global average pool of its deepest map).
+    """
+
+    predictions: dict[str, tuple[torch.Tensor | None, torch.Tensor]]
+    summary: torch.Tensor
 
 
 def resize_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -105,6 +125,11 @@ class DistillationModel(nn.Module):
             ``forward`` returns ``{}`` (from-scratch baseline).
         hidden_dim: hidden width of every head; default ``max`` over the teachers' dense and summary dims.
         fusion_dim: width of the fused stride-8 map.
+        init_seed: the neck and heads are drawn from the stream ``(init_seed, "adaptors")`` (``None``: torch's
+            current generator).
+
+    ``forward(x)`` returns a :class:`DistillationOutput`: each teacher's predictions and the student's own summary
+    (which the attention balancer reads).
     """
 
     def __init__(
@@ -113,6 +138,7 @@ class DistillationModel(nn.Module):
         specs: Mapping[str, TeacherSpec],
         hidden_dim: int | None = None,
         fusion_dim: int = 128,
+        init_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.student = student
@@ -126,21 +152,23 @@ class DistillationModel(nn.Module):
             dims = [s.dense_dim for s in self.specs.values()]
             dims += [s.summary_dim for s in self.specs.values() if s.summary_dim is not None]
             hidden_dim = max(dims)
-        self.fusion = FeatureFusion(student.channels, fusion_dim)
-        for name, spec in self.specs.items():
-            self.dense_heads[name] = DenseAdaptor(fusion_dim, spec.dense_dim, spec.grid, hidden_dim)
-            if spec.summary_dim is not None:
-                self.summary_heads[name] = SummaryAdaptor(student.summary_dim, spec.summary_dim, hidden_dim)
+        with seeded(init_seed, "adaptors"):
+            self.fusion = FeatureFusion(student.channels, fusion_dim)
+            for name, spec in self.specs.items():
+                self.dense_heads[name] = DenseAdaptor(fusion_dim, spec.dense_dim, spec.grid, hidden_dim)
+                if spec.summary_dim is not None:
+                    self.summary_heads[name] = SummaryAdaptor(student.summary_dim, spec.summary_dim, hidden_dim)
 
-    def forward(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
-        """``x [B,1,S,S]`` -> ``{teacher: (summary [B, summary_dim] or None, dense [B, dense_dim, h, w])}``."""
-        if self.fusion is None:
-            return {}
+    def forward(self, x: torch.Tensor) -> DistillationOutput:
+        """``x [B,1,S,S]`` -> predictions ``{teacher: (summary [B, D_t] or None, dense [B, C_t, h_t, w_t])}`` and the
+        student summary ``[B, summary_dim]``."""
         maps = self.student(x)
+        summary = self.student.summary(maps)
+        if self.fusion is None:
+            return DistillationOutput({}, summary)
         fused = self.fusion(maps)
-        summary = self.student.summary(maps) if len(self.summary_heads) > 0 else None
         out: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
         for name, head in self.dense_heads.items():
             pred_summary = self.summary_heads[name](summary) if name in self.summary_heads else None
             out[name] = (pred_summary, head(fused))
-        return out
+        return DistillationOutput(out, summary)

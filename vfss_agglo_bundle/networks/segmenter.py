@@ -10,6 +10,7 @@ import torch.nn as nn
 from vfss_agglo_bundle.data.tasks import NUM_DEFAULT_TASKS
 from vfss_agglo_bundle.networks.decoder import LightDecoder
 from vfss_agglo_bundle.networks.student import StudentEncoder, identify_backbone
+from vfss_agglo_bundle.utils.random import seeded
 from vfss_agglo_bundle.utils.state_dict import read_state_dict
 
 __all__ = ["VFSSSegmenter"]
@@ -28,6 +29,9 @@ class VFSSSegmenter(nn.Module):
         num_classes: number of tasks (channels of the output); default: the default task list.
         decoder_width: channels of the decoder maps.
         encoder_weights: optional flat stage-1 encoder state dict to start from (see :meth:`load_encoder`).
+        init_seed: encoder and decoder weights are drawn from the stream ``(init_seed, "segmenter")``, whatever ran
+            before, so a distilled and a from-scratch run start from the same decoder (``None``: torch's current
+            generator).
     """
 
     def __init__(
@@ -36,13 +40,15 @@ class VFSSSegmenter(nn.Module):
         num_classes: int = NUM_DEFAULT_TASKS,
         decoder_width: int = 64,
         encoder_weights: str | os.PathLike | None = None,
+        init_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.decoder_width = decoder_width
-        self.encoder = StudentEncoder(backbone)
-        self.decoder = LightDecoder(self.encoder.channels, num_classes, width=decoder_width)
+        with seeded(init_seed, "segmenter"):
+            self.encoder = StudentEncoder(backbone)
+            self.decoder = LightDecoder(self.encoder.channels, num_classes, width=decoder_width)
         if encoder_weights is not None:
             self.load_encoder(encoder_weights)
 

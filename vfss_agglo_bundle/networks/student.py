@@ -18,6 +18,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from vfss_agglo_bundle.utils.random import seeded
 from vfss_agglo_bundle.utils.registry import check_name, lookup
 from vfss_agglo_bundle.utils.state_dict import read_state_dict
 
@@ -75,6 +76,8 @@ class StudentEncoder(nn.Module):
         backbone: timm model name, one of ``SUPPORTED_BACKBONES``.
         weights: optional local file holding a flat ``StudentEncoder`` state dict (stage-1 output),
             loaded strictly.
+        init_seed: the initial weights are drawn from the stream ``(init_seed, "student")``, whatever ran before
+            (``None``: torch's current generator).
 
     Attributes:
         channels: channels of each returned map, finest first.
@@ -82,10 +85,13 @@ class StudentEncoder(nn.Module):
         summary_dim: length of the summary vector (channels of the deepest map).
     """
 
-    def __init__(self, backbone: str = "efficientvit_b0", weights: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, backbone: str = "efficientvit_b0", weights: str | os.PathLike | None = None, init_seed: int | None = None
+    ) -> None:
         super().__init__()
         self.backbone_name = backbone
-        self.backbone = _create_backbone(backbone)
+        with seeded(init_seed, "student"):
+            self.backbone = _create_backbone(backbone)
         info = self.backbone.feature_info
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())

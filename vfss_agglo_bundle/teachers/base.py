@@ -11,11 +11,10 @@ would produce different numbers.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from vfss_agglo_bundle.utils.random import seeded
 from vfss_agglo_bundle.utils.state_dict import hash_state_dict, read_state_dict
 
 __all__ = [
@@ -70,14 +70,6 @@ def make_signature(name: str, config: Mapping[str, Any], weights_hash: str, prep
         {"name": name, "config": config, "weights": weights_hash, "preprocessing": preprocessing}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def seeded(seed: int = TINY_SEED) -> Iterator[None]:
-    """Run a block with the CPU RNG seeded, restoring the caller's RNG state afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def resize_square(image: Tensor, size: int, mode: str = "bilinear") -> Tensor:
@@ -206,16 +198,18 @@ class TeacherBuilder:
         weights: default file or folder name under ``teacher_dir``; ``None`` when the weights ship with a package.
         source: where the official weights come from (quoted in missing-weights errors).
         files: for a folder, the files it must hold; each entry lists accepted alternatives.
+        function: the module's build function, when it is not ``build`` (several teachers of one family).
     """
 
     module: str
     weights: str | None
     source: str
     files: Sequence[Sequence[str]] = field(default_factory=tuple)
+    function: str = "build"
 
     def __call__(self, weights: Path | None, preset: str) -> Teacher:
         family = importlib.import_module(f"vfss_agglo_bundle.teachers.{self.module}")
-        return family.build(weights, preset)
+        return getattr(family, self.function)(weights, preset)
 
     def missing(self, path: Path) -> list[str]:
         """Paths (or alternatives) that must exist at ``path`` but do not."""

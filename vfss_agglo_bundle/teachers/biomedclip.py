@@ -24,7 +24,15 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.timm_model import TimmModel
 from safetensors.torch import load_file
 from torch import Tensor
-from vfss_agglo_bundle.teachers.base import Teacher, TeacherOutput, load_checked, read_checkpoint, resize_square, seeded
+from vfss_agglo_bundle.teachers.base import (
+    TINY_SEED,
+    Teacher,
+    TeacherOutput,
+    load_checked,
+    read_checkpoint,
+    resize_square,
+    seeded,
+)
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
@@ -137,7 +145,7 @@ def build(weights: Path | None, preset: str = "full") -> BiomedCLIPTeacher:
     (a real folder brings its own architecture config)."""
     if weights is None:
         model_cfg = PRESETS[preset]
-        with seeded():
+        with seeded(TINY_SEED):
             visual = vision_tower(model_cfg)
         return BiomedCLIPTeacher(visual, model_cfg, {})
     model_cfg, preprocess_cfg, path = read_open_clip_folder(Path(weights))

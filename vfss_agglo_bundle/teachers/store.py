@@ -298,6 +298,14 @@ class TeacherFeatureReader:
         """File of (frame ``key``, ``view``)."""
         return feature_path(self.directory, key, view)
 
+    def stored(self) -> list[tuple[str, int]]:
+        """Every ``(frame key, view)`` on disk, sorted."""
+        found = []
+        for path in sorted(self.directory.rglob("*.safetensors")):
+            stem, _, view = path.name.removesuffix(".safetensors").rpartition(".v")
+            found.append(((path.parent / stem).relative_to(self.directory).as_posix(), int(view)))
+        return found
+
     def has(self, key: str, view: int = 0) -> bool:
         """Whether (frame ``key``, ``view``) is stored."""
         return self.path(key, view).is_file()
