@@ -1,6 +1,6 @@
 """Prepare VFSS data in the bundle's format.
 
-python scripts/prepare_data.py synth --out_dir data/phantom --studies 12 --frames 24
+python scripts/prepare_data.py synth --out_dir data/phantom --studies 16 --frames 24
 python scripts/prepare_data.py import_masks --src export/ --out_dir data/vfss
 python scripts/prepare_data.py import_video --video swallow.mp4 --out_dir data/frames
 python scripts/prepare_data.py validate --datalist data/phantom/datalist.json
@@ -20,11 +20,11 @@ from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
 def synth(
     out_dir: str,
-    studies: int = 12,
+    studies: int = 16,
     frames: int = 24,
     image_size: int = 256,
     seed: int = 0,
-    ratios: tuple = (0.7, 0.15, 0.15),
+    ratios: tuple = (9, 3, 4),
     tasks: tuple = DEFAULT_TASKS,
 ) -> str:
     """Write a phantom dataset (studies x frames) and its datalist split by study."""
@@ -39,7 +39,7 @@ def import_masks(
     masks_dir: str = "masks",
     mask_pattern: str = "{frame}_{task}.png",
     image_size: int | None = None,
-    ratios: tuple = (0.7, 0.15, 0.15),
+    ratios: tuple = (9, 3, 4),
     seed: int = 0,
 ) -> str:
     """Convert src/<study>/frames/<frame>.png + src/<study>/masks/<frame>_<task>.png into the bundle format."""

@@ -25,6 +25,7 @@ from vfss_agglo_bundle.benchmark import (
     to_markdown,
     write_report,
 )
+from vfss_agglo_bundle.benchmark.video import VARIANTS as VIDEO_VARIANTS
 from vfss_agglo_bundle.teachers.registry import build_teacher
 
 
@@ -201,3 +202,14 @@ def test_inference_ablation_rows(tmp_path):
     assert md_path.read_text() == report["markdown"]
     assert "| optimize_for_inference, 1 thread | 1 | 1 |" in report["markdown"]
     assert "markdown" not in json.loads(json_path.read_text())
+
+
+def test_video_throughput_runs_the_inference_config_end_to_end():
+    from vfss_agglo_bundle.benchmark import video_throughput
+
+    report = video_throughput(num_frames=12, image_size=64, fps=12.0, threads=2)
+    rows = report["rows"]
+    assert [r["variant"] for r in rows] == list(VIDEO_VARIANTS)
+    assert all(r["seconds"] > 0 and r["frames_per_s"] == pytest.approx(12 / r["seconds"]) for r in rows)
+    assert all(r["fps_read"] == pytest.approx(12.0) for r in rows)  # the MP4's own frame rate reached the kinematics
+    assert report["settings"]["num_frames"] == 12 and report["settings"]["checkpoint"] is None

@@ -149,7 +149,7 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
         )
     out = tmp_path / "out"
     args = ["--bundle_root", str(root), "--image_size", "64", "--input", str(frames), "--output_dir", str(out)]
-    bundle("inferring", "configs/inference.json", *args)
+    result = bundle("inferring", "configs/inference.json", *args)
     masks = sorted((out / "masks/studyA").glob("*.nii.gz"))
     assert len(masks) == 3 and nib.load(str(masks[0])).shape == (96, 80, 12)  # [W, H, T] at the frame's own size
     assert len(list((out / "overlays/studyA").glob("*.png"))) == 3
@@ -158,8 +158,29 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
     record = json.loads(record.read_text())
     assert record["files"]["model"]["sha256"] == file_sha256(root / "models/model.pt")
     assert record["settings"]["input"] == str(frames)
+    kinematics = json.loads((out / "kinematics/studyA.json").read_text())  # a frame folder has no frame rate
+    assert kinematics["fps"] is None and kinematics["units"]["time"] == "frames"
+    assert len((out / "kinematics/studyA.csv").read_text().splitlines()) == 1 + 3
+    assert "no frame rate" in result.stdout + result.stderr  # and the warning says to pass --fps
     again = bundle("inferring", "configs/inference.json", *args, check=False)
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr  # earlier outputs are never replaced
+
+
+def test_inferring_a_video_takes_its_frame_rate_from_the_metadata(trained, tmp_path):
+    import imageio.v3 as iio
+
+    root, _ = trained
+    video = tmp_path / "swallow.mp4"
+    frames = np.random.default_rng(0).integers(0, 255, (6, 80, 96), dtype=np.uint8)  # 16-px blocks for H.264
+    iio.imwrite(video, np.repeat(frames[..., None], 3, -1), fps=15, codec="libx264")
+    out = tmp_path / "out"
+    args = ["--bundle_root", str(root), "--image_size", "64", "--input", str(video), "--output_dir", str(out)]
+    bundle("inferring", "configs/inference.json", *args, "--video_format", "None")
+    kinematics = json.loads((out / "kinematics/swallow.json").read_text())
+    assert kinematics["fps"] == pytest.approx(15.0) and kinematics["units"]["time"] == "s"
+    assert kinematics["num_frames"] == 6
+    assert nib.load(str(out / "masks/swallow/0005.nii.gz")).shape == (96, 80, 12)  # [W, H, T]: its own size
+    assert (out / "kinematics/swallow.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

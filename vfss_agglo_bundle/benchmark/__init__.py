@@ -1,5 +1,5 @@
 """Speed benchmark of the student against its teachers, and of the CPU inference settings (one job per module:
-timing, machine description, the rows to time, the run, the report, the inference ablation)."""
+timing, machine description, the rows to time, the run, the report, the inference ablation, a video end to end)."""
 
 from vfss_agglo_bundle.benchmark.ablation import inference_ablation
 from vfss_agglo_bundle.benchmark.machine import describe_machine
@@ -7,6 +7,7 @@ from vfss_agglo_bundle.benchmark.measure import MIN_RUNS, Measurement, count_flo
 from vfss_agglo_bundle.benchmark.report import to_markdown, write_report
 from vfss_agglo_bundle.benchmark.run import Entry, run_benchmark, run_targets, speed_ratios
 from vfss_agglo_bundle.benchmark.targets import FULL_RANDOM, REAL, TEACHER_NAMES, TINY, teacher_targets
+from vfss_agglo_bundle.benchmark.video import video_throughput
 
 __all__ = [
     "FULL_RANDOM",
@@ -26,5 +27,6 @@ __all__ = [
     "speed_ratios",
     "teacher_targets",
     "to_markdown",
+    "video_throughput",
     "write_report",
 ]

@@ -105,3 +105,15 @@ def read_video(path: PathLike) -> Iterator[np.ndarray]:
             yield to_grey_uint8(frame)
     except (OSError, RuntimeError, ValueError) as e:
         raise DataFormatError(f"video {path} cannot be decoded ({e}).") from e
+
+
+def video_fps(path: PathLike) -> float | None:
+    """The frame rate a video file's metadata gives (``fps``, or 1000 / ``duration`` ms for a GIF), or ``None``."""
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(Path(path))
+    except (OSError, RuntimeError, ValueError):
+        return None
+    fps = meta.get("fps") or (1000.0 / meta["duration"] if meta.get("duration") else None)
+    return float(fps) if fps and 0 < float(fps) < 1000 else None

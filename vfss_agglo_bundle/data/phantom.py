@@ -39,6 +39,8 @@ _CENTRE = np.array([0.5, 0.5])
 _VERTEBRA_LEVELS = np.array([0.03, 0.165, 0.305, 0.445, 0.585, 0.725, 0.865])
 _PHARYNX_ENTRY = 0.36  # spine level where the bolus enters the pharynx from the mouth
 _PHARYNX_END = 0.80  # spine level of the upper oesophageal sphincter (bottom of the pharynx label)
+_UES_TOP = 0.75  # spine level where the sphincter segment of the pharynx begins
+_UES_RAMP = 0.03  # phase the sphincter takes to open or close
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,22 @@ class PhantomConfig:
     contrast: tuple[float, float] = (0.85, 1.2)
     residue_probability: float = 0.3  # chance that barium stays in the valleculae after the swallow
     clutter_blobs: int = 14  # unlabelled overlapping structures in head and neck
+    duration_s: float = 3.0  # the clip's length: frame i is at phase i / (num_frames - 1), time phase * duration_s
+    constriction: tuple[float, float] = (0.55, 0.97)  # fraction of the lumen's width closed at peak constriction
+    ues_opening: tuple[float, float] = (0.45, 0.8)  # sphincter half width when open, x the pharynx's half width
 
     def __post_init__(self) -> None:
         if self.image_size < 32:
             raise ValueError(f"PhantomConfig.image_size must be >= 32, got {self.image_size}")
         if self.num_frames < 1:
             raise ValueError(f"PhantomConfig.num_frames must be >= 1, got {self.num_frames}")
+        if self.duration_s <= 0:
+            raise ValueError(f"PhantomConfig.duration_s must be > 0, got {self.duration_s}")
+
+    @property
+    def fps(self) -> float:
+        """Frames per second of a simulated clip (its frames span ``duration_s``)."""
+        return (self.num_frames - 1) / self.duration_s if self.num_frames > 1 else 1.0 / self.duration_s
 
 
 DEFAULT_CONFIG = PhantomConfig()
@@ -112,6 +124,9 @@ class StudyAnatomy:
     swallow_onset: float  # bolus head leaves the mouth
     transit_time: float  # mouth -> below the field
     residue: bool
+    constriction: float  # fraction of the pharynx's width closed at peak constriction (behind the bolus)
+    ues_opening: float  # half width of the open upper oesophageal sphincter, x pharynx_width
+    hyoid_delay: float  # phase from the bolus leaving the mouth to the hyoid starting to rise (< 0: before)
     # imaging
     contrast: float
     gain: float
@@ -198,6 +213,9 @@ def sample_anatomy(rng: np.random.Generator, cfg: PhantomConfig = DEFAULT_CONFIG
         dense_dots=dense_dots,
         lines=lines,
         texture_seed=int(rng.integers(0, 2**31 - 1)),
+        constriction=u(*cfg.constriction),  # drawn last: the draws above are those of earlier versions
+        ues_opening=u(*cfg.ues_opening),
+        hyoid_delay=u(-0.08, 0.04),
     )
 
 
@@ -256,6 +274,11 @@ def _smoothstep(x: np.ndarray | float) -> np.ndarray:
 def _plateau(t: float, start: float, stop: float, ramp: float) -> float:
     """0 before ``start``, rises over ``ramp`` to 1, falls back to 0 over ``ramp`` from ``stop``."""
     return float(_smoothstep((t - start) / ramp) * (1 - _smoothstep((t - stop) / ramp)))
+
+
+def _inverse_smoothstep(y: float) -> float:
+    """The ``x`` in [0, 1] with ``_smoothstep(x) == y`` (``y`` clipped to [0, 1])."""
+    return float(0.5 - np.sin(np.arcsin(1 - 2 * np.clip(y, 0.0, 1.0)) / 3))
 
 
 # ------------------------------------------------------------------------------------------------- scene
@@ -382,14 +405,37 @@ class _Scene:
     air: list[tuple[np.ndarray, float]]
     barium: list[tuple[np.ndarray, float]]
     metal: list[tuple[np.ndarray, float]]
+    # what the kinematics ground truth needs beyond the labels (canonical coordinates): "hyoid_body" polygon,
+    # "epiglottis_axis" [2, 2] base and tip, "ues_half" (half width at the sphincter), states "lift", "tip",
+    # "constriction", "ues_opening" in [0, 1] and "ues_phases" (opening, closing)
+    landmarks: dict[str, object]
 
 
 def _swallow_state(a: StudyAnatomy, t: float) -> tuple[float, float]:
     """Hyoid elevation and epiglottis inversion in [0, 1] at phase ``t``."""
     end = a.swallow_onset + 0.85 * a.transit_time
-    lift = _plateau(t, a.swallow_onset - 0.06, end, 0.08)
+    lift = _plateau(t, a.swallow_onset + a.hyoid_delay, end, 0.08)
     tip = _plateau(t, a.swallow_onset + 0.02, end - 0.02, 0.06)
     return lift, tip
+
+
+def _constriction_state(a: StudyAnatomy, t: float) -> float:
+    """How far the pharynx has contracted behind the bolus, in [0, 1] at phase ``t``: a smooth pulse that peaks as
+    the tail clears the hypopharynx (0.9 of the transit), so the maximum constriction has one frame."""
+    peak = a.swallow_onset + 0.9 * a.transit_time
+    return _plateau(t, peak - 0.1, peak, 0.1)
+
+
+def _ues_phases(a: StudyAnatomy, oral: float, ues: float, total: float) -> tuple[float, float]:
+    """Phases at which the bolus head reaches the sphincter (fully open) and its tail has passed it (closing).
+
+    Inverts :func:`_bolus_extent` at arc length ``ues``: the sphincter opens over ``_UES_RAMP`` before the first
+    and closes over ``_UES_RAMP`` after the second.
+    """
+    tail0, head0 = 0.25 * oral, 0.92 * oral
+    opening = _inverse_smoothstep((ues - head0) / (total - head0)) / 1.5
+    closing = _inverse_smoothstep(((ues - tail0) / (total - tail0)) ** (1 / 1.3))
+    return a.swallow_onset + opening * a.transit_time, a.swallow_onset + closing * a.transit_time
 
 
 def _bolus_extent(a: StudyAnatomy, t: float, oral: float, total: float) -> tuple[float, float] | None:
@@ -458,8 +504,9 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
     spine_front, spine_down = _bezier(top, control, bottom, levels)
     front = -np.stack([spine_down[:, 1], -spine_down[:, 0]], axis=1)
     pharynx_line = spine_front + front * (a.prevertebral + a.pharynx_width)
-    profile = np.interp(levels, [0.0, 0.2, 0.62, _PHARYNX_END], [0.7, 1.0, 1.0, 0.5])
-    pharynx_half = a.pharynx_width * profile
+    profile = np.interp(levels, [0.0, 0.2, 0.62, 0.74, _PHARYNX_END], [0.7, 1.0, 1.0, 0.55, 0.3])
+    constriction = _constriction_state(a, t)
+    pharynx_half = a.pharynx_width * profile * (1 - a.constriction * constriction)
 
     # the bolus path: mouth -> over the tongue base -> down the pharynx -> oesophagus below the field
     face = a.face_offset
@@ -474,11 +521,14 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
     oral_len = raw_arc[len(oral_path)]
     ues_len = raw_arc[len(oral_path) + len(levels) - entry - 1]
     oral_half, pw = 0.045 * a.bolus_volume, a.pharynx_width  # a ball in the mouth; the lumen shapes it after
+    ues_half = a.ues_opening * pw
     path_half = np.interp(
         arc,
         [0.0, 0.6 * oral_len, oral_len, ues_len - 0.05, ues_len, arc[-1]],
-        [oral_half, oral_half, 0.95 * pw, 0.95 * pw, 0.55 * pw, 0.5 * pw],
+        [oral_half, oral_half, 0.95 * pw, 0.95 * pw, 0.92 * ues_half, 0.85 * ues_half],
     )
+    ues_phases = _ues_phases(a, oral_len, ues_len, arc[-1])
+    ues_opening = _plateau(t, ues_phases[0] - _UES_RAMP, ues_phases[1], _UES_RAMP)
     extent = _bolus_extent(a, t, oral_len, arc[-1])
     if extent is not None:
         tail, head = extent
@@ -500,6 +550,8 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
             * _plateau(t, a.swallow_onset, a.swallow_onset + a.transit_time, 0.05)
         )
         pharynx_half[entry:] = np.maximum(pharynx_half[entry:] * (1 - 0.55 * behind), 1.08 * bolus_half)
+    sphincter = levels >= _UES_TOP
+    pharynx_half[sphincter] = np.maximum(pharynx_half[sphincter], ues_half * ues_opening)
     pharynx = _tube(pharynx_line, pharynx_half)
     labels["pharynx"].append(pharynx)
     air.append((pharynx, 0.2))
@@ -536,6 +588,7 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
             _ellipse(pyriform, (0.008, 0.012), 0.3),
         ):
             labels["bolus"].append(blob)
+            labels["pharynx"].append(blob)  # the recesses it fills are pharyngeal lumen
             barium.append((blob, 1.5))
 
     # hyoid: small dense body with a greater horn reaching back and up; moves up and forward
@@ -572,7 +625,17 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
         metal.append((_ellipse(np.array([cu, cv]), (r, r), 0.0, 12), 3.0))
     for u0, v0, u1, v1 in a.lines:
         metal.append((_tube(np.array([[u0, v0], [u1, v1]]), np.array([0.003, 0.003])), 0.8))
-    return _Scene(labels, tissue, bone, air, barium, metal)
+    landmarks = {
+        "hyoid_body": hyoid_body,
+        "epiglottis_axis": np.stack([centreline[0], centreline[-1]]),
+        "ues_half": float(pharynx_half[-1]),
+        "lift": lift,
+        "tip": tip,
+        "constriction": constriction,
+        "ues_opening": ues_opening,
+        "ues_phases": ues_phases,
+    }
+    return _Scene(labels, tissue, bone, air, barium, metal, landmarks)
 
 
 # --------------------------------------------------------------------------------------------- rendering

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from vfss_agglo_bundle.data.datalist import build_datalist, check_tasks, load_datalist, validate_datalist
 from vfss_agglo_bundle.data.formats import read_frame, read_label, read_video, to_grey_uint8, write_frame, write_label
 from vfss_agglo_bundle.data.phantom import PhantomConfig, simulate_study
+from vfss_agglo_bundle.data.phantom_truth import study_truth
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, read_json, write_json
 from vfss_agglo_bundle.visualize import contact_sheet, legend, overlay, save_png
@@ -22,6 +23,7 @@ from vfss_agglo_bundle.visualize import contact_sheet, legend, overlay, save_png
 logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
+KINEMATICS_DIR = "kinematics"  # a phantom dataset's ground-truth kinematics, one JSON per study
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MAX_PROBLEMS_SHOWN = 10  # in the error ensure_dataset raises; `prepare_data.py validate` lists them all
 
@@ -46,7 +48,9 @@ def synthesize_dataset(
 ) -> Path:
     """Write a phantom VFSS dataset and its datalist; returns the datalist path.
 
-    An interrupted run resumes: frames already on disk are kept, and the datalist (written last) marks completion.
+    Besides frames and labels, each study's ground-truth kinematics go to ``kinematics/<study>.json``
+    (:func:`~vfss_agglo_bundle.data.phantom_truth.study_truth`). An interrupted run resumes: files already on disk are
+    kept, and the datalist (written last) marks completion.
     """
     out_dir = Path(out_dir)
     datalist_path = out_dir / DATALIST_NAME
@@ -62,6 +66,9 @@ def synthesize_dataset(
                 im, lb = paths[f]
                 write_label(out_dir / lb, label, overwrite=True)
                 write_frame(out_dir / im, image, overwrite=True)
+        truth_path = out_dir / KINEMATICS_DIR / f"{study}.json"
+        if not truth_path.exists():
+            write_json(truth_path, {"study": study, **study_truth(study_seed(seed, s), cfg)})
         items += [{"image": im, "label": lb, "study": study, "frame": f} for f, (im, lb) in enumerate(paths)]
     datalist = build_datalist(items, tasks, image_size, ratios, seed)
     datalist["source"] = {
@@ -69,6 +76,8 @@ def synthesize_dataset(
         "seed": seed,
         "studies": studies,
         "frames": frames,
+        "fps": cfg.fps,
+        "kinematics": KINEMATICS_DIR,
     }
     write_json(datalist_path, datalist)
     logger.info("wrote %d frames of %d phantom studies to %s", len(items), studies, out_dir)

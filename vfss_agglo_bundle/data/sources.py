@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
+from vfss_agglo_bundle.data.formats import video_fps
 from vfss_agglo_bundle.data.prepare import IMAGE_EXTENSIONS, import_video_frames
-from vfss_agglo_bundle.utils.io import PathLike
+from vfss_agglo_bundle.utils.io import PathLike, natural_key
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".gif")
 
 
-def inference_items(source: PathLike, output_dir: PathLike) -> list[dict]:
-    """List the frames to segment as ``{"image": path, "study": str, "frame": int}``.
+def inference_items(source: PathLike, output_dir: PathLike, fps: float | None = None) -> list[dict]:
+    """List the frames to segment as ``{"image": path, "study": str, "frame": int, "fps": float}``.
 
     Args:
         source: a folder of grey PNG frames (flat, or one sub-folder per study), or a video file (its frames are
             first extracted to ``<output_dir>/frames/<video stem>/``).
         output_dir: where the run writes its outputs.
+        fps: frames per second of the studies; a video's own metadata is used when this is ``None``. With
+            neither, ``fps`` is NaN, a warning says so and the kinematics give times in frames.
     """
     source = Path(source)
     if source.is_file() and source.suffix.lower() in VIDEO_EXTENSIONS:
+        if fps is None:
+            fps = video_fps(source)
+            if fps is not None:
+                logger.info("inference: %s plays at %.3g frames/s (its metadata)", source.name, fps)
         frames_dir = Path(output_dir) / "frames"
         if not (frames_dir / "images" / source.stem).is_dir():
             import_video_frames(source, frames_dir, study=source.stem)
@@ -31,11 +39,23 @@ def inference_items(source: PathLike, output_dir: PathLike) -> list[dict]:
         raise FileNotFoundError(
             f"inference input {source} is neither a folder of frames nor a video file ({', '.join(VIDEO_EXTENSIONS)})."
         )
+    if fps is None:
+        logger.warning(
+            "inference: no frame rate for %s (a frame folder, or a video without one in its metadata): kinematics "
+            "times will be in frames, not seconds. Pass the rate, e.g. `--fps 30`.",
+            source,
+        )
+    elif not fps > 0:
+        raise ValueError(f"fps must be > 0 frames per second, got {fps}.")
     studies = sorted(d for d in source.iterdir() if d.is_dir()) or [source]
     items = []
     for study_dir in studies:
-        frames = sorted(p for p in study_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        items += [{"image": str(p), "study": study_dir.name, "frame": i} for i, p in enumerate(frames)]
+        frames = sorted((p for p in study_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                        key=lambda p: natural_key(p.name))  # fmt: skip
+        items += [
+            {"image": str(p), "study": study_dir.name, "frame": i, "fps": math.nan if fps is None else float(fps)}
+            for i, p in enumerate(frames)
+        ]
     if not items:
         raise FileNotFoundError(f"no frames ({', '.join(IMAGE_EXTENSIONS)}) under {source}.")
     logger.info("inference: %d frames of %d studies from %s", len(items), len(studies), source)

@@ -1,8 +1,10 @@
-"""Writes what the `inferring` run produces: per-frame masks, overlay pictures and one overlay video per study."""
+"""Writes what the `inferring` run produces: per-frame masks, overlay pictures, one overlay video per study and each
+study's swallow kinematics."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,8 @@ import numpy as np
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from vfss_agglo_bundle.data.formats import read_frame, write_frame, write_label
+from vfss_agglo_bundle.kinematics import FrameGeometry, analyse, frame_geometry
+from vfss_agglo_bundle.kinematics.outputs import write_kinematics
 from vfss_agglo_bundle.utils.io import atomic_path
 from vfss_agglo_bundle.visualize import legend, overlay, save_png
 
@@ -22,16 +26,22 @@ class InferenceWriter:
 
     For each frame (named ``<study>/<frame:04d>``) writes, under ``output_dir``:
     ``masks/<study>/<frame>.nii.gz`` (the bundle's label format, at the frame's original size),
-    optionally ``masks_png/<study>/<frame>_<task>.png``, and ``overlays/<study>/<frame>.png``; at the end one
-    ``videos/<study>.gif`` (or ``.mp4``) of the overlays. Existing outputs are refused, not overwritten: use a new
-    ``output_dir``.
+    optionally ``masks_png/<study>/<frame>_<task>.png``, and (``overlays``) ``overlays/<study>/<frame>.png``; at the
+    end (with ``overlays``) one ``videos/<study>.gif`` (or ``.mp4``) of the overlays and, with ``kinematics``,
+    ``kinematics/<study>.csv``, ``.json`` and ``.png`` (:mod:`vfss_agglo_bundle.kinematics`, measured on the masks
+    at the frame's own size; the frame rate is the batch's ``fps`` entry, NaN when unknown). Existing outputs are
+    refused, not overwritten: use a new ``output_dir``.
 
     Args:
         output_dir: output folder.
         tasks: task names (channel order).
         png_masks: also write one PNG mask per task.
+        overlays: write an overlay picture per frame (and the overlay video); off for the fastest masks-and-numbers
+            run.
         video_format: ``"gif"``, ``"mp4"`` or ``None`` (no video).
-        fps: video frame rate.
+        video_fps: overlay video frame rate (``None``: the study's own, else 10).
+        kinematics: measure each study's swallow kinematics.
+        mm_per_px: calibration for the kinematics' millimetre values (``None``: none given).
     """
 
     def __init__(
@@ -39,21 +49,31 @@ class InferenceWriter:
         output_dir: str,
         tasks: Sequence[str],
         png_masks: bool = False,
+        overlays: bool = True,
         video_format: str | None = "gif",
-        fps: int = 10,
+        video_fps: float | None = None,
+        kinematics: bool = True,
+        mm_per_px: float | None = None,
     ) -> None:
         if video_format not in ("gif", "mp4", None):
             raise ValueError(f"video_format must be 'gif', 'mp4' or None, got {video_format!r}.")
         self.output_dir = Path(output_dir)
         self.tasks = list(tasks)
         self.png_masks = png_masks
+        self.overlays = overlays
         self.video_format = video_format
-        self.fps = fps
+        self.video_fps = video_fps
+        self.kinematics = kinematics
+        self.mm_per_px = mm_per_px
         self._overlays: dict[str, list[Path]] = defaultdict(list)
+        self._geometries: dict[str, dict[int, FrameGeometry]] = defaultdict(dict)
+        self._fps: dict[str, float | None] = {}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_frames)
         engine.add_event_handler(Events.COMPLETED, self._write_videos)
+        if self.kinematics:
+            engine.add_event_handler(Events.COMPLETED, self._write_kinematics)
 
     def _write_frames(self, engine: Engine) -> None:
         for item, data in zip(engine.state.output, engine.state.batch, strict=True):
@@ -67,10 +87,14 @@ class InferenceWriter:
             if self.png_masks:
                 for task, mask in zip(self.tasks, masks, strict=True):
                     write_frame(self.output_dir / "masks_png" / f"{name}_{task}.png", mask * 255)
-            picture = overlay(read_frame(data["image_path"]), masks)
-            path = self.output_dir / "overlays" / f"{name}.png"
-            save_png(path, picture, overwrite=False)
-            self._overlays[study].append(path)
+            if self.overlays:
+                path = self.output_dir / "overlays" / f"{name}.png"
+                save_png(path, overlay(read_frame(data["image_path"]), masks), overwrite=False)
+                self._overlays[study].append(path)
+            if self.kinematics:
+                self._geometries[study][frame] = frame_geometry(masks, self.tasks)
+                fps = float(data["fps"]) if "fps" in data else math.nan
+                self._fps[study] = None if math.isnan(fps) else fps
 
     def _write_videos(self, engine: Engine) -> None:
         if self.video_format is None:
@@ -85,10 +109,31 @@ class InferenceWriter:
             if self.video_format == "mp4":  # even sizes for yuv420p
                 frames = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]
             path = self.output_dir / "videos" / f"{study}.{self.video_format}"
+            fps = self.video_fps or self._fps.get(study) or 10.0
             with atomic_path(path, overwrite=False, suffix=f".{self.video_format}") as tmp:
                 if self.video_format == "gif":
-                    iio.imwrite(tmp, np.stack(frames), duration=1000 / self.fps, loop=0)
+                    iio.imwrite(tmp, np.stack(frames), duration=1000 / fps, loop=0)
                 else:
-                    iio.imwrite(tmp, np.stack(frames), fps=self.fps, codec="libx264")
+                    iio.imwrite(tmp, np.stack(frames), fps=fps, codec="libx264")
             logger.info("overlay video of study %s (%d frames): %s", study, len(frames), path)
         self._overlays.clear()
+
+    def _write_kinematics(self, engine: Engine) -> None:
+        for study, by_frame in self._geometries.items():
+            frames = sorted(by_frame)
+            result = analyse([by_frame[f] for f in frames], self.tasks, self._fps.get(study), self.mm_per_px)
+            if frames != list(range(len(frames))):
+                result["flags"].append("frames are missing from the study: times assume consecutive frames")
+            paths = write_kinematics(result, self.output_dir / "kinematics", study)
+            swallows = result["swallows"]
+            if swallows:
+                m = swallows[0]["measures"]
+                logger.info(
+                    "kinematics of %s: %d swallow(s); first: hyoid peak displacement %.1f %%C2-4, constriction ratio "
+                    "%.2f, pharyngeal transit %.2f %s -> %s",
+                    study, len(swallows), m["hyoid_peak_displacement"], m["pharyngeal_constriction_ratio"],
+                    m["pharyngeal_transit_s"], result["units"]["time"], paths["json"],
+                )  # fmt: skip
+            else:
+                logger.info("kinematics of %s: %s -> %s", study, "; ".join(result["flags"]), paths["json"])
+        self._geometries.clear()

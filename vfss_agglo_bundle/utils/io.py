@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -116,6 +117,11 @@ def write_text(path: PathLike, text: str, overwrite: bool = False, keep_old: boo
     """Write ``text`` atomically (``overwrite`` and ``keep_old`` as in :func:`atomic_path`)."""
     with atomic_path(path, overwrite=overwrite, suffix=Path(path).suffix, keep_old=keep_old) as tmp:
         tmp.write_text(text)
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders the numbers in a name by value: ``frame2`` before ``frame10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def file_sha256(path: PathLike) -> str:

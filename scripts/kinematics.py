@@ -1,0 +1,61 @@
+"""Swallow kinematics from masks already on disk, and their error against the phantom's ground truth.
+
+    python scripts/kinematics.py measure --masks eval/inference/masks --out_dir eval/kinematics --fps 30
+    python scripts/kinematics.py measure --masks export/ --pattern "{frame}_{task}.png" --fps 15 --mm_per_px 0.3
+    python scripts/kinematics.py validate --datalist data/phantom/datalist.json --predictions eval/test/masks
+
+`measure` reads <masks>/<study>/<frame>.nii.gz (the bundle's format) or one PNG per structure per frame named by
+--pattern, and writes <out_dir>/<study>.csv, .json and .png. `validate` compares the kinematics of a phantom split
+with its truth, from the ground-truth masks and (with --predictions, `inferring`'s masks/ folder) the model's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import fire
+from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.kinematics.folders import DEFAULT_PATTERN, measure_folder
+from vfss_agglo_bundle.kinematics.outputs import json_ready
+from vfss_agglo_bundle.kinematics.validation import to_markdown, validate_split
+from vfss_agglo_bundle.utils.cli import split_names
+from vfss_agglo_bundle.utils.io import write_json, write_text
+
+TASKS = ",".join(DEFAULT_TASKS)
+
+
+def measure(
+    masks: str,
+    out_dir: str = "eval/kinematics",
+    fps: float | None = None,
+    tasks: str | tuple = TASKS,
+    pattern: str = DEFAULT_PATTERN,
+    mm_per_px: float | None = None,
+) -> str:
+    """Measure every study of a mask folder; prints a line per study and returns the output folder."""
+    results = measure_folder(masks, out_dir, fps, split_names(tasks), pattern, mm_per_px)
+    for study, result in results.items():
+        print(
+            f"{study}: {len(result['swallows'])} swallow(s), {len(result['flags'])} flag(s) -> {out_dir}/{study}.json"
+        )
+    return out_dir
+
+
+def validate(
+    datalist: str = "data/phantom/datalist.json",
+    split: str = "test",
+    predictions: str | None = None,
+    out: str = "eval/kinematics_validation",
+) -> str:
+    """Error tables of a phantom split: writes <out>.md and <out>.json (kept, not overwritten) and prints the table."""
+    report = validate_split(datalist, split, predictions)
+    table = to_markdown(report)
+    write_text(f"{out}.md", table, keep_old=True)
+    write_json(f"{out}.json", json_ready(report), keep_old=True)
+    print(table)
+    return f"{out}.md"
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    fire.Fire({"measure": measure, "validate": validate})
