@@ -44,8 +44,9 @@ def test_image_and_label_stay_aligned_through_datalist_and_transforms(tmp_path):
     img, lab = out["image"], out["label"]
     assert img.shape == (1, 48, 48) and lab.shape == (2, 48, 48) and img.dtype == torch.float32
     assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
-    # the bright pixels of the image are exactly channel 0 of the label (resizing 80 -> 48 wide keeps the shape)
-    bright = img[0] > 0.8
+    # the bright pixels of the image are channel 0 of the label (letterboxed 48 x 80 -> 80 x 80 -> 48 x 48, the
+    # thin bars blurred by the antialiased resize; 0.6 is above channel 1's grey, 120/255)
+    bright = img[0] > 0.6
     overlap = (bright & (lab[0] > 0)).sum() / (bright | (lab[0] > 0)).sum()
     assert overlap > 0.8
     # and it is in the top-right corner, not transposed or flipped

@@ -163,3 +163,11 @@ def test_a_folder_of_png_masks_from_another_tool_is_measured(tmp_path):
     results = measure_folder(tmp_path / "masks", tmp_path / "out", FPS, TASKS, "{frame}_{task}.png")
     assert results["caseA"]["swallows"][0]["events"] == EXPECTED_EVENTS
     assert (tmp_path / "out" / "caseA.json").is_file()
+
+
+def test_c2_drawn_on_top_of_c4_gives_no_spine_frame_not_a_crash():
+    video = swallow_video()
+    video[:, TASKS.index("c2")] = video[:, TASKS.index("c4")]
+    result = measure(video)
+    assert result["length_px"] is None and result["swallows"] == []
+    assert frame_geometry(video[0], TASKS).notes == ["C2 and C4 coincide in this frame: no spine frame of reference"]

@@ -215,3 +215,57 @@ def test_task_list_that_does_not_match_the_datalist_fails_fast(tmp_path):
     assert result.returncode != 0
     assert "has no task ['tongue']" in result.stderr and "set `tasks` in the config" in result.stderr
     assert not (tmp_path / "models").exists()
+
+
+def _unlabelled_folder(root):
+    """A folder of unlabelled VFSS: one 3-frame video and one study of 2 frames (and a file that is neither)."""
+    import imageio.v3 as iio
+
+    root.mkdir()
+    frames = np.random.default_rng(1).integers(0, 255, (3, 48, 64), dtype=np.uint8)
+    iio.imwrite(root / "clip.gif", frames, duration=100, loop=0)
+    (root / "caseB").mkdir()
+    for i in range(2):
+        Image.fromarray(frames[i, :40]).save(root / f"caseB/{i}.png")
+    (root / "notes.txt").write_text("not a frame")
+    return root
+
+
+def test_unlabelled_frames_are_found_once_and_bad_folders_are_named(tmp_path):
+    from vfss_agglo_bundle.data.sources import unlabelled_items
+
+    source = _unlabelled_folder(tmp_path / "unlabelled")
+    items = unlabelled_items(source, tmp_path / "frames")
+    assert [(it["study"], it["frame"]) for it in items] == [("unlabelled-clip", 0), ("unlabelled-clip", 1),
+                                                            ("unlabelled-clip", 2), ("unlabelled-caseB", 0),
+                                                            ("unlabelled-caseB", 1)]  # fmt: skip
+    extracted = tmp_path / "frames/images/clip/0000.png"
+    stamp = extracted.stat().st_mtime_ns
+    assert unlabelled_items(source, tmp_path / "frames") == items and extracted.stat().st_mtime_ns == stamp
+    assert unlabelled_items(None, tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        unlabelled_items(tmp_path / "nowhere", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no video"):
+        unlabelled_items(tmp_path / "empty", tmp_path)
+
+
+@pytest.mark.slow
+def test_unlabelled_dir_feeds_stage_1_only(tmp_path):
+    from monai.bundle import ConfigParser
+
+    root, source = tmp_path / "bundle", _unlabelled_folder(tmp_path / "unlabelled")
+    args = ["--bundle_root", str(root), *TINY, "--teachers", "['litemedsam']", "--unlabelled_dir", str(source)]
+    result = bundle("training", "configs/train.yaml", *args)
+    assert "(6 training, 5 unlabelled)" in result.stdout + result.stderr  # 4 studies x 3 frames: 2 of them training
+    (store,) = (root / "cache/teachers").iterdir()
+    assert sorted(p.name for p in (store / "unlabelled-clip").iterdir()) == [
+        f"{i:04d}.v0.safetensors" for i in range(3)
+    ]
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs/train.yaml"))
+    parser.update({"bundle_root": str(root), "unlabelled_dir": str(source)})
+    distill = [it["study"] for it in parser.get_parsed_content("distill#dataset#data")]
+    segment = [it["study"] for it in parser.get_parsed_content("train#dataset#data")]
+    assert sum(s.startswith("unlabelled-") for s in distill) == 5
+    assert segment and not any(s.startswith("unlabelled-") for s in segment)  # stage 2 and evaluation: labels only

@@ -1,4 +1,5 @@
-"""What the `inferring` run reads: frames from a folder (one sub-folder per study, or flat) or a video file."""
+"""What the `inferring` run reads (frames from a folder, one sub-folder per study or flat, or a video file), and the
+unlabelled frames stage 1 may distil on (`unlabelled_dir`: videos and frame folders)."""
 
 from __future__ import annotations
 
@@ -59,4 +60,45 @@ def inference_items(source: PathLike, output_dir: PathLike, fps: float | None = 
     if not items:
         raise FileNotFoundError(f"no frames ({', '.join(IMAGE_EXTENSIONS)}) under {source}.")
     logger.info("inference: %d frames of %d studies from %s", len(items), len(studies), source)
+    return items
+
+
+UNLABELLED_PREFIX = "unlabelled-"
+
+
+def unlabelled_items(source: PathLike | None, frames_dir: PathLike) -> list[dict]:
+    """Frames without labels for distillation only: ``{"image", "study": "unlabelled-<name>", "frame"}`` items.
+
+    Args:
+        source: a folder holding video files and/or frame folders (each sub-folder of frames is one study; frames
+            directly in ``source`` are one study named after it); ``None`` or ``""``: none (returns ``[]``).
+        frames_dir: where the frames of the videos are extracted (``<frames_dir>/images/<video stem>/``, once: a
+            later run reuses them).
+
+    Raises:
+        FileNotFoundError: ``source`` is not a folder, or holds no video and no frame.
+    """
+    if not source:
+        return []
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"unlabelled_dir {source} is not a folder (of VFSS videos or frame folders).")
+    studies: dict[str, list[Path]] = {}
+    for video in sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
+        extracted = Path(frames_dir) / "images" / video.stem
+        if not extracted.is_dir():
+            import_video_frames(video, frames_dir, study=video.stem)
+        studies[video.stem] = sorted(extracted.glob("*.png"), key=lambda p: natural_key(p.name))
+    for folder in [source, *sorted(d for d in source.iterdir() if d.is_dir())]:
+        frames = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if frames:
+            studies[folder.name] = sorted(frames, key=lambda p: natural_key(p.name))
+    items = [{"image": str(p), "study": f"{UNLABELLED_PREFIX}{study}", "frame": i}
+             for study, frames in studies.items() for i, p in enumerate(frames)]  # fmt: skip
+    if not items:
+        raise FileNotFoundError(
+            f"unlabelled_dir {source} holds no video ({', '.join(VIDEO_EXTENSIONS)}) and no frame "
+            f"({', '.join(IMAGE_EXTENSIONS)})."
+        )
+    logger.info("unlabelled: %d frames of %d studies from %s (stage 1 only)", len(items), len(studies), source)
     return items

@@ -2,7 +2,9 @@
 
 ``LoadVFSSFramed`` is the one loader used everywhere (training, evaluation, teacher caching, inference): it
 reads the PNG and the NIfTI with the conventions of :mod:`vfss_agglo_bundle.data.formats`, so image and label stay
-aligned, and resizes both to ``[1, S, S]`` (float32 in [0, 1]) and ``[T, S, S]`` (float32 in {0, 1}).
+aligned, and brings both to ``[1, S, S]`` (float32 in [0, 1]) and ``[T, S, S]`` (float32 in {0, 1}): aspect-true
+by default (optionally cropped to the exposed field, then padded to a square with black and resized; a 4:3 or 16:9
+frame is not squashed), with the box that :func:`restore_masks` uses to put masks back on the original frame.
 ``ApplyViewd`` gives the student the stored view of a frame that the teacher saw (:mod:`~vfss_agglo_bundle.data.views`)
 and ``LoadTeacherFeaturesd`` adds that view's stored teacher features. Augmentations are plain MONAI transforms
 wired in ``configs/common.yaml``.
@@ -28,6 +30,58 @@ def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
+ASPECTS = ("letterbox", "stretch")
+FIELD_THRESHOLD = 10 / 255  # a pixel darker than this is outside the exposed field (collimator, black border)
+FIELD_FRACTION = 0.02  # a row or column is in the field when at least this share of its pixels is exposed
+
+
+def exposed_field(frame: np.ndarray, threshold: float = FIELD_THRESHOLD) -> tuple[int, int, int, int]:
+    """Bounding box ``(top, left, height, width)`` of the exposed field of a grey ``[H, W]`` frame in [0, 1]: the
+    rows and columns with at least ``FIELD_FRACTION`` of their pixels brighter than ``threshold`` (the whole frame
+    when none is)."""
+    exposed = frame > threshold
+    rows = np.flatnonzero(exposed.mean(1) >= FIELD_FRACTION)
+    cols = np.flatnonzero(exposed.mean(0) >= FIELD_FRACTION)
+    if len(rows) == 0 or len(cols) == 0:
+        return 0, 0, frame.shape[0], frame.shape[1]
+    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def frame_box(shape: Sequence[int], field: Sequence[int] | None = None, aspect: str = "letterbox") -> torch.Tensor:
+    """Where a frame of ``shape`` ``(H, W)`` goes in the square model input: ``[top, left, height, width, pad_top,
+    pad_left, side]``: the region of the frame kept (``field``, default all of it), and where that region sits in
+    the ``side x side`` square it is padded to before resizing (``stretch``: no padding, ``side`` 0)."""
+    top, left, height, width = field if field is not None else (0, 0, int(shape[0]), int(shape[1]))
+    if aspect == "stretch":
+        return torch.tensor([top, left, height, width, 0, 0, 0])
+    side = max(height, width)
+    return torch.tensor([top, left, height, width, (side - height) // 2, (side - width) // 2, side])
+
+
+def to_model_input(tensor: torch.Tensor, box: torch.Tensor, size: int, label: bool = False) -> torch.Tensor:
+    """``[C, H, W]`` -> ``[C, size, size]`` through ``box`` (:func:`frame_box`): crop, pad with 0, resize."""
+    top, left, height, width, pad_top, pad_left, side = (int(v) for v in box)
+    tensor = tensor[:, top : top + height, left : left + width]
+    if side:
+        square = tensor.new_zeros((tensor.shape[0], side, side))
+        square[:, pad_top : pad_top + height, pad_left : pad_left + width] = tensor
+        tensor = square
+    return resize_label(tensor, size) if label else resize_image(tensor, size)
+
+
+def restore_masks(pred: torch.Tensor, box: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Model-space masks ``[T, S, S]`` -> ``[T, H, W]`` on the original frame of ``shape`` (the inverse of
+    :func:`to_model_input`; outside the kept field the masks are empty)."""
+    top, left, height, width, pad_top, pad_left, side = (int(v) for v in box)
+    size = (side, side) if side else (height, width)
+    pred = F.interpolate(pred[None].float(), size=size, mode="nearest-exact")[0]
+    if side:
+        pred = pred[:, pad_top : pad_top + height, pad_left : pad_left + width]
+    out = pred.new_zeros((pred.shape[0], int(shape[0]), int(shape[1])))
+    out[:, top : top + height, left : left + width] = pred
+    return out
+
+
 def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
     """Resize ``[T, H, W]`` binary masks to ``[T, size, size]`` (nearest)."""
     if tuple(label.shape[-2:]) == (size, size):
@@ -38,11 +92,16 @@ def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
 class LoadVFSSFramed(MapTransform):
     """Load ``image`` (grey PNG path) and ``label`` (NIfTI path) into canonical tensors.
 
-    Adds ``<image key>_path`` (str) and ``<image key>_shape`` (original ``[H, W]``) for writers.
+    Adds ``<image key>_path`` (str), ``<image key>_shape`` (original ``[H, W]``) and ``<image key>_box`` (where the
+    frame went in the model input, :func:`frame_box`) for writers; the label goes through the image's box.
 
     Args:
         keys: the image key and, optionally, the label key (in that order).
         image_size: output side S.
+        aspect: ``letterbox`` (pad to a square with black, then resize: shapes keep their proportions) or
+            ``stretch`` (resize each side on its own). Square frames are the same either way.
+        crop_field: first crop to the exposed field (:func:`exposed_field`: drops black borders, circle corners
+            and collimator shutters), found on each frame.
         num_tasks: expected label channels (after ``channels``); another count raises an error naming the file.
         channels: label channels to keep, in this order (a task subset of the datalist, see
             ``data.datalist.label_channels``); ``None`` keeps all.
@@ -56,14 +115,21 @@ class LoadVFSSFramed(MapTransform):
         num_tasks: int | None = None,
         channels: Sequence[int] | None = None,
         allow_missing_keys: bool = False,
+        aspect: str = "letterbox",
+        crop_field: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if aspect not in ASPECTS:
+            raise ValueError(f"aspect must be one of {ASPECTS}, got {aspect!r}.")
         self.image_size = int(image_size)
+        self.aspect = aspect
+        self.crop_field = bool(crop_field)
         self.num_tasks = num_tasks
         self.channels = None if channels is None else [int(c) for c in channels]
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
+        box = None
         for i, key in enumerate(self.keys):
             if key not in d:
                 if self.allow_missing_keys:
@@ -72,14 +138,16 @@ class LoadVFSSFramed(MapTransform):
             path = d[key]
             d[f"{key}_path"] = str(path)
             if i == 0:
-                frame = read_frame(path)
-                d[f"{key}_shape"] = torch.tensor(frame.shape)
-                d[key] = resize_image(torch.from_numpy(frame).float().div_(255.0)[None], self.image_size)
+                frame = torch.from_numpy(read_frame(path)).float().div_(255.0)
+                field = exposed_field(frame.numpy()) if self.crop_field else None
+                box = frame_box(frame.shape, field, self.aspect)
+                d[f"{key}_shape"], d[f"{key}_box"] = torch.tensor(frame.shape), box
+                d[key] = to_model_input(frame[None], box, self.image_size)
             else:
-                d[key] = self._load_label(path)
+                d[key] = self._load_label(path, box)
         return d
 
-    def _load_label(self, path: str) -> torch.Tensor:
+    def _load_label(self, path: str, box: torch.Tensor | None) -> torch.Tensor:
         label = read_label(path)
         if self.channels is not None:
             if max(self.channels) >= label.shape[0]:
@@ -92,7 +160,10 @@ class LoadVFSSFramed(MapTransform):
                 f"label {path} has {label.shape[0]} channels but the config has {self.num_tasks} tasks; "
                 "make `tasks` match the datalist's task list."
             )
-        return resize_label(torch.from_numpy(label.astype(np.float32)), self.image_size)
+        label = torch.from_numpy(label.astype(np.float32))
+        if box is None:
+            box = frame_box(label.shape[-2:], None, self.aspect)
+        return to_model_input(label, box, self.image_size, label=True)
 
 
 class ApplyViewd(MapTransform):

@@ -85,6 +85,8 @@ def apply_view(image: Tensor, params: Mapping[str, float], mode: str = "bilinear
     return out.to(image.dtype)
 
 
-def view_items(items: Sequence[Mapping], views: int) -> list[dict]:
-    """Repeat each datalist item once per view, adding ``frame_key`` and ``view`` (the items of stage 1)."""
-    return [{**item, "frame_key": frame_key(item), "view": v} for item in items for v in range(views)]
+def view_items(items: Sequence[Mapping], views: int, unlabelled: Sequence[Mapping] = ()) -> list[dict]:
+    """The items of stage 1: each frame (``items``, then ``unlabelled``) once per view, with ``frame_key`` and
+    ``view``; only ``image``, ``study`` and ``frame`` are kept (distillation reads no label)."""
+    frames = [{k: item[k] for k in ("image", "study", "frame")} for item in [*items, *unlabelled]]
+    return [{**item, "frame_key": frame_key(item), "view": v} for item in frames for v in range(views)]

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from vfss_agglo_bundle.data.formats import read_frame, write_frame, write_label
+from vfss_agglo_bundle.data.transforms import restore_masks
 from vfss_agglo_bundle.kinematics import FrameGeometry, analyse, frame_geometry
 from vfss_agglo_bundle.kinematics.outputs import write_kinematics
 from vfss_agglo_bundle.utils.io import atomic_path
@@ -78,10 +78,8 @@ class InferenceWriter:
     def _write_frames(self, engine: Engine) -> None:
         for item, data in zip(engine.state.output, engine.state.batch, strict=True):
             study, frame = str(data["study"]), int(data["frame"])
-            height, width = (int(v) for v in data["image_shape"])
             pred = item["pred"].detach().float().cpu()
-            pred = F.interpolate(pred[None], size=(height, width), mode="nearest-exact")[0] > 0.5
-            masks = pred.numpy().astype(np.uint8)
+            masks = (restore_masks(pred, data["image_box"], data["image_shape"]) > 0.5).numpy().astype(np.uint8)
             name = f"{study}/{frame:04d}"
             write_label(self.output_dir / "masks" / f"{name}.nii.gz", masks)
             if self.png_masks:

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = ["HYOID_BAND", "FrameGeometry", "frame_geometry"]
 
+MIN_SPINE_PX = 2.0  # C2 and C4 corners closer than this (pixels) give no spine frame
 HYOID_BAND = 0.3  # the hyoid point averages the pixels within 0.3 x sqrt(area) of its furthest along anterior - up
 
 
@@ -138,6 +139,9 @@ def frame_geometry(masks: np.ndarray, tasks: Sequence[str], band: float = 0.04) 
         corner = anterior - up
         c2, c4 = _extreme(c2_points, corner), _extreme(c4_points, corner)
         up, anterior = _axes(c4, c2, front)
+    if np.linalg.norm(c2 - c4) < MIN_SPINE_PX:
+        geometry.notes.append("C2 and C4 coincide in this frame: no spine frame of reference")
+        return geometry
     geometry.c2, geometry.c4, geometry.up, geometry.anterior = c2, c4, up, anterior
     length = geometry.length
     depth = lambda p: (p - c4) @ -up  # noqa: E731  pixels below the C4 corner along the spine

@@ -36,8 +36,10 @@ def prepare_teacher_store(
     grid: int | Sequence[int] | None = None,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
+    extra_items: Sequence[Mapping] = (),
 ) -> dict[str, TeacherFeatureReader]:
-    """Fill (or resume, or just check) the feature store of every teacher over the training split.
+    """Fill (or resume, or just check) the feature store of every teacher over the training split (and
+    ``extra_items``, e.g. unlabelled frames, :func:`~vfss_agglo_bundle.data.sources.unlabelled_items`).
 
     Args:
         teachers: teacher names (``[]``: the from-scratch baseline, nothing to store).
@@ -46,18 +48,20 @@ def prepare_teacher_store(
         image_size: side S of the canonical image the teachers see.
         teacher_dir, preset: where the weights are, ``full`` or ``tiny`` (see the registry).
         views, grid, batch_size, device: as :func:`~vfss_agglo_bundle.teachers.store.fill_store`.
+        extra_items: more frames to store (items with ``image``, ``study`` and ``frame``).
 
     Teachers are built only here and released afterwards. Returns one reader per teacher.
     """
     if not teachers:
         logger.info("teacher store: no teachers configured (from-scratch baseline), nothing to cache")
         return {}
-    items = load_datalist(datalist_file, "training", tasks)
+    items = load_datalist(datalist_file, "training", tasks) + list(extra_items)
     models = build_teachers(list(teachers), teacher_dir, preset)
     loader = LoadVFSSFramed(keys=("image",), image_size=image_size)
     logger.info(
-        "teacher store: %s over %d training frames x %d views in %s", list(teachers), len(items), views, cache_dir
-    )
+        "teacher store: %s over %d frames (%d training, %d unlabelled) x %d views in %s",
+        list(teachers), len(items), len(items) - len(extra_items), len(extra_items), views, cache_dir,
+    )  # fmt: skip
     readers = fill_store(
         models,
         items,
