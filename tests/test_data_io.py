@@ -109,6 +109,9 @@ def test_to_grey_uint8_scales_16bit_and_rgb():
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[0, 0] = 255
     assert to_grey_uint8(rgb).dtype == np.uint8 and to_grey_uint8(rgb)[0, 0] == 255
+    dim = np.full((2, 2, 4), 100, np.uint8)  # a dim 8-bit colour (RGBA) frame keeps its grey values: no stretch
+    dim[1, 1, :3] = 110
+    np.testing.assert_array_equal(to_grey_uint8(dim), [[100, 100], [100, 110]])
 
 
 def test_monai_readers_see_png_and_nifti_in_the_same_orientation(tmp_path):

@@ -47,10 +47,14 @@ def read_frame(path: PathLike) -> np.ndarray:
 
 
 def to_grey_uint8(image: np.ndarray) -> np.ndarray:
-    """Convert an RGB(A) or 16-bit/float image ``[H, W(, C)]`` to 8-bit grey ``[H, W]``."""
+    """Convert an RGB(A) or 16-bit/float image ``[H, W(, C)]`` to 8-bit grey ``[H, W]``: 8-bit colour by its
+    luminance, 16-bit and float images stretched from their minimum to their maximum."""
     image = np.asarray(image)
     if image.ndim == 3:
-        image = image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        luminance = image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        if image.dtype == np.uint8:  # 8-bit colour keeps its grey values (no stretch: frames stay comparable)
+            return np.clip(np.round(luminance), 0, 255).astype(np.uint8)
+        image = luminance
     if image.dtype == np.uint8:
         return image
     image = image.astype(np.float64)
