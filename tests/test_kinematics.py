@@ -171,3 +171,13 @@ def test_c2_drawn_on_top_of_c4_gives_no_spine_frame_not_a_crash():
     result = measure(video)
     assert result["length_px"] is None and result["swallows"] == []
     assert frame_geometry(video[0], TASKS).notes == ["C2 and C4 coincide in this frame: no spine frame of reference"]
+
+
+def test_a_pharynx_missing_in_a_frame_gives_nan_there_not_an_empty_lumen():
+    video = swallow_video()
+    video[8, TASKS.index("pharynx")] = 0  # dropped out on the frame the sphincter closes
+    result = measure(video)
+    assert math.isnan(result["frames"]["pharynx_area"][8]) and math.isnan(result["frames"]["bolus_at_ues"][8])
+    (swallow,) = result["swallows"]
+    assert swallow["events"]["UESC"] == 9  # the first frame that shows the sphincter closed, not the missing one
+    assert swallow["events"]["max_constriction"] == 9 and swallow["measures"]["pharyngeal_constriction_ratio"] > 0.4

@@ -48,7 +48,8 @@ class FrameGeometry:
         hyoid: the hyoid's anterior-inferior point: hyoid_corner (its furthest pixels along ``anterior - up``) on
             one frame; over a video, hyoid_band (the mean of the pixels in a band ``HYOID_BAND`` x sqrt(area) deep,
             steadier) plus its median offset to the corner (``kinematics.measures.stabilise_landmarks``).
-        gonion: the mandible's posterior-inferior point (the angle of the jaw).
+        gonion: the mandible's posterior-inferior point (the angle of the jaw); gonion_depth: its depth (pixels
+            along ``-up`` from this frame's C4 corner, like the bolus depths).
         bolus_head, bolus_tail: depths (pixels along ``-up`` from the C4 corner) of the bolus's lowest and highest
             pixel; bolus_in_pharynx: bolus pixels in the pharynx (in its mask, or within its extent).
         pharynx_area: pharyngeal area with the bolus in it: pharynx pixels, and bolus pixels outside the pharynx
@@ -71,6 +72,7 @@ class FrameGeometry:
     hyoid_corner: np.ndarray | None = None
     hyoid_band: np.ndarray | None = None
     gonion: np.ndarray | None = None
+    gonion_depth: float | None = None
     bolus_head: float | None = None
     bolus_tail: float | None = None
     bolus_in_pharynx: int = 0
@@ -86,13 +88,6 @@ class FrameGeometry:
     def length(self) -> float | None:
         """C2-C4 corner distance in pixels (the anatomical scalar of this frame)."""
         return None if self.c2 is None or self.c4 is None else float(np.linalg.norm(self.c2 - self.c4))
-
-    @property
-    def gonion_depth(self) -> float | None:
-        """Depth of the gonion below the C4 corner along the spine (pixels)."""
-        if self.gonion is None or self.up is None:
-            return None
-        return float((self.gonion - self.c4) @ -self.up)
 
     def to_spine(self, point: np.ndarray | None) -> np.ndarray | None:
         """Pixel point -> ``(x anterior, y up)`` in pixels from the C4 corner."""
@@ -153,6 +148,7 @@ def frame_geometry(masks: np.ndarray, tasks: Sequence[str], band: float = 0.04) 
         geometry.hyoid = geometry.hyoid_corner
     if "mandible" in present:
         geometry.gonion = _extreme(_points(get["mandible"]), -anterior - up)
+        geometry.gonion_depth = float(depth(geometry.gonion))
     bolus = get["bolus"] if "bolus" in present else None
     if bolus is not None:
         d = depth(_points(bolus))
@@ -180,16 +176,16 @@ def frame_geometry(masks: np.ndarray, tasks: Sequence[str], band: float = 0.04) 
             d = depth(_points(bolus))
             geometry.bolus_below_ues = int((d > ues).sum())
             geometry.bolus_at_ues = int(((d > ues - band * length) & (d <= ues)).sum())
-    if "epiglottis" in present and geometry.hyoid is not None:
+    if "epiglottis" in present and geometry.hyoid is not None and geometry.areas["epiglottis"] >= 2:
         points = _points(get["epiglottis"])
         centred = points - points.mean(0)
-        axis = np.linalg.svd(centred, full_matrices=False)[2][0] if len(points) > 1 else up
+        axis = np.linalg.svd(centred, full_matrices=False)[2][0]
         along = centred @ axis
         if np.linalg.norm(points[np.argmax(along)] - geometry.hyoid) < np.linalg.norm(
             points[np.argmin(along)] - geometry.hyoid
         ):
             axis = -axis  # from the base (the end nearer the hyoid) to the tip
         geometry.epiglottis_angle = float(np.degrees(np.arccos(np.clip(axis @ up, -1.0, 1.0))))
-    elif "epiglottis" in present:
+    elif "epiglottis" in present and geometry.hyoid is None:
         geometry.notes.append("epiglottis without a hyoid: its base end (nearer the hyoid) is unknown, no angle")
     return geometry

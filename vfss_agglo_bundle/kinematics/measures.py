@@ -85,8 +85,9 @@ def _centroid_axes(g: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
 
 def stabilise_landmarks(geometries: Sequence[FrameGeometry]) -> list[FrameGeometry]:
     """The geometries with C2 and C4 corners (and the spine axes) from the vertebrae's centroids plus their median
-    corner offsets over the video (rigid vertebrae), and the hyoid point from its band mean plus its median offset
-    to the corner pixels; frames without C2 or C4 are returned unchanged."""
+    corner offsets over the video (rigid vertebrae), every depth (bolus, sphincter, gonion) measured from that
+    steadied corner, and the hyoid point from its band mean plus its median offset to the corner pixels; frames
+    without C2 or C4 are returned unchanged."""
     spine = [g for g in geometries if g.up is not None]
     if not spine:
         return list(geometries)
@@ -107,7 +108,14 @@ def stabilise_landmarks(geometries: Sequence[FrameGeometry]) -> list[FrameGeomet
         new_up = (c2 - c4) / max(np.linalg.norm(c2 - c4), 1e-9)
         new_anterior = np.array([-new_up[1], new_up[0]])
         new_anterior = new_anterior if new_anterior @ g.anterior >= 0 else -new_anterior
-        out.append(dataclasses.replace(g, c2=c2, c4=c4, up=new_up, anterior=new_anterior))
+        shift = float((g.c4 - c4) @ -new_up)  # the frame's depths, re-referenced to the steadied C4 corner
+        depths = {
+            k: getattr(g, k) + shift for k in ("bolus_head", "bolus_tail", "ues_depth") if getattr(g, k) is not None
+        }
+        gonion = None if g.gonion is None else float((g.gonion - c4) @ -new_up)
+        out.append(
+            dataclasses.replace(g, c2=c2, c4=c4, up=new_up, anterior=new_anterior, gonion_depth=gonion, **depths)
+        )
     with_hyoid = [g for g in out if g.up is not None and g.hyoid_band is not None]
     if with_hyoid:
         offset = np.median([[(g.hyoid_corner - g.hyoid_band) @ g.anterior, (g.hyoid_corner - g.hyoid_band) @ g.up]
@@ -128,8 +136,9 @@ def _frame_table(geometries: Sequence[FrameGeometry], length: float, tasks: Sequ
     hyoid = np.array([g.to_spine(g.hyoid) if g.hyoid is not None and s else (np.nan, np.nan)
                       for g, s in zip(geometries, spine, strict=True)], dtype=np.float64)  # fmt: skip
     table["hyoid_x"], table["hyoid_y"] = hyoid[:, 0] / length * 100, hyoid[:, 1] / length * 100
-    for key in ("pharynx_area", "bolus_in_pharynx", "bolus_below_ues", "bolus_at_ues"):
-        table[key] = np.array([getattr(g, key) if s else np.nan for g, s in zip(geometries, spine, strict=True)])
+    with_pharynx = [s and g.areas.get("pharynx", 0) > 0 for g, s in zip(geometries, spine, strict=True)]
+    for key in ("pharynx_area", "bolus_in_pharynx", "bolus_below_ues", "bolus_at_ues"):  # nan without a pharynx
+        table[key] = np.array([getattr(g, key) if p else np.nan for g, p in zip(geometries, with_pharynx, strict=True)])
         table[key] = table[key] * area_scale
     for key in ("bolus_head", "bolus_tail", "ues_depth", "ues_width", "gonion_depth"):
         table[key] = np.array([_nan(getattr(g, key)) for g in geometries]) / length * 100
@@ -139,7 +148,7 @@ def _frame_table(geometries: Sequence[FrameGeometry], length: float, tasks: Sequ
 
 def _smooth(values: np.ndarray, fps: float) -> np.ndarray:
     """Savitzky-Golay smoothing (order 2) over about 0.15 s (an odd number of frames, at least 3: none at all below
-    20 fps, where 3 frames of order 2 fit exactly), NaNs interpolated first."""
+    about 23 fps, where 3 frames of order 2 fit exactly; 5 frames at 30 fps), NaNs interpolated first."""
     values = np.asarray(values, dtype=np.float64)
     good = np.isfinite(values)
     if good.sum() < 2:
@@ -165,23 +174,25 @@ def _swallow(table: dict[str, np.ndarray], start: int, earliest: int, fps: float
     hyoid = np.stack([table["hyoid_x"], table["hyoid_y"]], axis=1)
     window_stop = min(n, start + int(round(HYOID_WINDOW_S * fps)) + 1)
     events: dict[str, int | None] = dict.fromkeys(EVENTS)
-    rest_end = start
+    rest_end, state = start, None
     for _ in range(REST_PASSES):  # the rest before the bolus onset; earlier while the hyoid moves in it
-        rest_frames = list(range(max(earliest, rest_end - rest_len), rest_end)) or [max(earliest, rest_end - 1, 0)]
-        rest = _median(hyoid[rest_frames], axis=0)
-        displacement = np.linalg.norm(hyoid - rest, axis=1)
-        window = displacement[rest_frames[0] : window_stop]
-        if not np.isfinite(window).any():
+        frames = list(range(max(earliest, rest_end - rest_len), rest_end)) or [max(earliest, rest_end - 1, 0)]
+        centre = _median(hyoid[frames], axis=0)
+        moved = np.linalg.norm(hyoid - centre, axis=1)
+        window = moved[frames[0] : window_stop]
+        if not np.isfinite(window).any():  # no hyoid here: keep the last pass that had one
+            state = state or (frames, centre, moved, math.nan, None, None)
             break
         amplitude = float(np.nanmax(window))
-        peak = _first(displacement >= PEAK * amplitude, rest_frames[0], window_stop)
-        below = np.flatnonzero(displacement[rest_frames[0] : peak] <= ONSET * amplitude) + rest_frames[0]
-        events["hyoid_peak"] = peak
-        events["HYB"] = int(below[-1]) + 1 if len(below) else None
-        moving = events["HYB"] is None or events["HYB"] < rest_end  # the hyoid moves within the rest frames
-        if not moving or rest_frames[0] <= earliest:
+        peak = _first(moved >= PEAK * amplitude, frames[0], window_stop)
+        below = np.flatnonzero(moved[frames[0] : peak] <= ONSET * amplitude) + frames[0]
+        hyb = int(below[-1]) + 1 if len(below) else None
+        state = (frames, centre, moved, amplitude, peak, hyb)
+        moving = hyb is None or hyb < rest_end  # the hyoid moves within the rest frames
+        if not moving or frames[0] <= earliest:
             break
-        rest_end = rest_frames[0] if events["HYB"] is None else max(events["HYB"], earliest + 1)
+        rest_end = frames[0] if hyb is None else max(hyb, earliest + 1)
+    rest_frames, rest, displacement, amplitude, events["hyoid_peak"], events["HYB"] = state
     if start == 0:
         flags.append("the bolus is in the pharynx in the first frame: rest is taken from that frame")
     if events["hyoid_peak"] is None:
@@ -192,8 +203,15 @@ def _swallow(table: dict[str, np.ndarray], start: int, earliest: int, fps: float
             flags.append("the hyoid does not return to rest in the video")
         if events["HYB"] is None:
             flags.append("the hyoid is already moving in the first frame: no HYB")
+    last = max(events["swallow_rest"] if events["swallow_rest"] is not None else n - 1, start)
     head, gonion = table["bolus_head"], table["gonion_depth"]
-    events["BPM"] = _first(np.nan_to_num(head, nan=-np.inf) > np.nan_to_num(gonion, nan=np.inf), rest_frames[0])
+    past = np.nan_to_num(head, nan=-np.inf) > np.nan_to_num(gonion, nan=np.inf)
+    crossing = past & ~np.concatenate([[False], past[:-1]])  # past the jaw's angle now, not in the frame before
+    events["BPM"] = _first(crossing, rest_frames[0] + 1, last + 1)
+    if events["BPM"] is None:
+        events["BPM"] = _first(past, rest_frames[0], last + 1)
+        if events["BPM"] is not None:
+            flags.append("bolus already past the mandible when the swallow starts: BPM is its first frame")
     events["UESO"] = _first(np.nan_to_num(table["bolus_below_ues"]) > 0, start)
     if events["UESO"] is not None:
         events["UESC"] = _first(np.nan_to_num(table["bolus_at_ues"], nan=1.0) == 0, events["UESO"] + 1)
@@ -202,7 +220,6 @@ def _swallow(table: dict[str, np.ndarray], start: int, earliest: int, fps: float
     else:
         flags.append("no bolus passes the sphincter: no sphincter events")
     first = events["HYB"] if events["HYB"] is not None else start
-    last = events["swallow_rest"] if events["swallow_rest"] is not None else n - 1
     area = table["pharynx_area"]
     rest_area = _median(area[rest_frames])
     span = area[first : last + 1]
@@ -288,7 +305,7 @@ def analyse(
                               "fps": fps, "mm_per_px": mm_per_px, "num_frames": n}  # fmt: skip
     if fps is None:
         flags.append("no frame rate (fps) given: times are in frames, not seconds")
-        result["units"]["time"] = result["units"]["speed"] = "frames"
+        result["units"]["time"], result["units"]["speed"] = "frames", "%(C2-4)/frame"
     fps_used = float(fps) if fps else 1.0
     geometries = stabilise_landmarks(geometries)
     lengths = np.array([_nan(g.length) for g in geometries])

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
-from vfss_agglo_bundle.data.datalist import load_datalist
+from vfss_agglo_bundle.data.datalist import label_channels, load_datalist
 from vfss_agglo_bundle.data.formats import read_label
 from vfss_agglo_bundle.kinematics.frame import frame_geometry
 from vfss_agglo_bundle.kinematics.measures import EVENTS, analyse
@@ -92,6 +92,7 @@ def validate_split(
     datalist = Path(datalist)
     meta = read_json(datalist)
     tasks = list(tasks or meta.get("tasks"))
+    channels = label_channels(datalist, tasks)  # a task subset reads its own channels of the labels
     truth_dir = datalist.parent / meta.get("source", {}).get("kinematics", "kinematics")
     by_study: dict[str, list[dict]] = defaultdict(list)
     for item in load_datalist(datalist, split, tasks):
@@ -108,7 +109,8 @@ def validate_split(
             )
         truth = read_json(truth_path)
         items = sorted(items, key=lambda it: int(it["frame"]))
-        row = {"labels": compare(_measure((read_label(it["label"]) for it in items), tasks, truth["fps"]), truth)}
+        labels = (read_label(it["label"])[channels or slice(None)] for it in items)
+        row = {"labels": compare(_measure(labels, tasks, truth["fps"]), truth)}
         if predictions is not None:
             paths = [Path(predictions) / study / f"{int(it['frame']):04d}.nii.gz" for it in items]
             missing = [str(p) for p in paths if not p.is_file()]
