@@ -389,3 +389,35 @@ def test_standardized_targets_are_what_the_loss_sees_and_their_stats_are_cached(
         store_standardizers(store.readers, kind)
     stats.unlink()
     record.unlink()
+
+
+def test_two_runs_fitting_the_same_store_at_once_both_get_the_stored_statistics(store, monkeypatch):
+    """Study runs share a store: when another run writes the statistics between this run's fit and save, this run
+    uses the file that is there (same store, same statistics) instead of failing."""
+    from vfss_agglo_bundle.losses import standardize
+
+    for reader in store.readers.values():  # nothing cached yet: every teacher is fitted, in order
+        for suffix in ("pt", "json"):
+            (reader.directory / f"standardize-phi_s.{suffix}").unlink(missing_ok=True)
+    winner, order = {}, iter(store.readers)
+    fit = standardize.PHIStandardizer.fit
+
+    def fit_then_race(self, batches):
+        fitted = fit(self, batches)
+        name = next(order)
+        path = store.readers[name].directory / "standardize-phi_s.pt"
+        other = standardize.PHIStandardizer(self.dim)
+        other.load_state_dict({k: v + 1 for k, v in fitted.state_dict().items()})  # what the other run wrote
+        other.save(path)
+        winner[name] = other
+        return fitted
+
+    monkeypatch.setattr(standardize.PHIStandardizer, "fit", fit_then_race)
+    fitted = standardize.store_standardizers(store.readers, "phi_s")
+    assert set(winner) == set(store.readers)
+    for name, other in winner.items():
+        assert all(torch.equal(a, b) for a, b in zip(fitted[name].state_dict().values(),
+                                                     other.state_dict().values(), strict=True))  # fmt: skip
+    for reader in store.readers.values():
+        for suffix in ("pt", "json"):
+            (reader.directory / f"standardize-phi_s.{suffix}").unlink(missing_ok=True)

@@ -301,8 +301,11 @@ def store_standardizers(readers: Mapping[str, StoreReader], kind: str = "none") 
         items = reader.stored()
         logger.info("%s statistics of teacher %s: fitting on %d stored views", kind, name, len(items))
         standardizer = cls(reader.dense_dim).fit(reader.read(key, view)["dense"][None] for key, view in items)
-        if not record.exists():
-            write_json(record, {"kind": kind, "teacher": name, "signature": reader.signature, "views": len(items)})
-        standardizer.save(stats)
+        try:
+            if not record.exists():
+                write_json(record, {"kind": kind, "teacher": name, "signature": reader.signature, "views": len(items)})
+            standardizer.save(stats)
+        except FileExistsError:  # another run sharing this store fitted it meanwhile: same store, same statistics
+            standardizer = cls.load(stats)
         fitted[name] = standardizer
     return fitted
