@@ -312,8 +312,9 @@ def markdown(summary: dict, tasks: Sequence[str], settings: dict) -> str:
         "",
         f"Budget `{settings['budget']}` ({settings['budget_overrides'] or DEFAULT_BUDGET}); seeds {settings['seeds']}; "
         f"data seed {settings['data_seed']} (one phantom dataset for every run); device {settings['device']}. "
-        f"{settings['runs']} runs, CPU time {settings['cpu_hours']:.1f} h in all ({settings['wall_hours']:.1f} h wall, "
-        f"{settings['jobs']} runs at a time); {settings['machine']}.",
+        f"{settings['runs']} runs, CPU time {settings['cpu_hours']:.1f} h in all ({settings['wall_hours']:.1f} h wall "
+        f"in the last invocation, {settings['jobs']} runs at a time; a resumed study counts only that); "
+        f"{settings['machine']}.",
         "",
         "## Test mean Dice per arm (mean +- sd over seeds)",
         "",

@@ -63,12 +63,13 @@ def to_grey_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round((image - lo) * scale), 0, 255).astype(np.uint8)
 
 
-def write_frame(path: PathLike, image: np.ndarray, overwrite: bool = False) -> None:
-    """Write a uint8 ``[H, W]`` frame as a grey PNG, atomically."""
+def write_frame(path: PathLike, image: np.ndarray, overwrite: bool = False, compress_level: int = 6) -> None:
+    """Write a uint8 ``[H, W]`` frame as a grey PNG, atomically (``compress_level`` 1: ~4x faster, ~15% larger;
+    PNG is lossless at every level)."""
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"write_frame expects uint8 [H, W], got {image.dtype} {list(image.shape)} for {path}.")
     with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
-        Image.fromarray(image, mode="L").save(tmp)
+        Image.fromarray(image, mode="L").save(tmp, compress_level=compress_level)
 
 
 def read_label(path: PathLike) -> np.ndarray:

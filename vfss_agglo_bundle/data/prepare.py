@@ -178,7 +178,7 @@ def import_video_frames(
         if image_size is not None:
             frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BILINEAR))
         path = Path(out_dir) / "images" / study / f"{len(written):04d}.png"
-        write_frame(path, frame)
+        write_frame(path, frame, compress_level=1)  # frames of a video are written once and read once: fast
         written.append(path)
     if not written:
         raise DataFormatError(f"video {video} has no frames.")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from vfss_agglo_bundle.networks.fusion import optimize_for_inference
 from vfss_agglo_bundle.utils.distributed import is_main_process, unwrap_ddp
 from vfss_agglo_bundle.utils.io import save_torch
 from vfss_agglo_bundle.utils.state_dict import save_state_dict
@@ -116,11 +117,14 @@ class ModelLoader:
     Args:
         load_path: the checkpoint file.
         network: a ``VFSSSegmenter``, or ``DistributedDataParallel`` around one.
+        optimize: then run the engine with :func:`~vfss_agglo_bundle.networks.fusion.optimize_for_inference`'s copy
+            (conv-BN folding, channels-last; the same outputs up to float rounding), for inference-only engines.
     """
 
-    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module) -> None:
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, optimize: bool = False) -> None:
         self.load_path = Path(load_path)
         self.network = network
+        self.optimize = optimize
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
@@ -128,3 +132,6 @@ class ModelLoader:
     def __call__(self, engine: Engine) -> None:
         unwrap_ddp(self.network).load_checkpoint(self.load_path)
         logger.info("loaded %s", self.load_path)
+        if self.optimize:
+            device = next(self.network.parameters()).device
+            engine.network = optimize_for_inference(unwrap_ddp(self.network), torch.rand(1, 1, 64, 64, device=device))
