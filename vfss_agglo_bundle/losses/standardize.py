@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,7 +78,59 @@ def hadamard_matrix(n: int) -> torch.Tensor | None:
     return base / math.sqrt(n)
 
 
-class PHIStandardizer(nn.Module):
+class _FittedStatistics(nn.Module):
+    """What both standardizers share: statistics in buffers (``count`` > 0 once fitted), ``forward`` =
+    ``standardize``, and atomic ``save`` / checked ``load`` of the buffers as a ``.pt`` dict of tensors."""
+
+    LABEL = "statistics"  # names the file kind in errors
+    KEYS: tuple[str, ...] = ()  # buffers a saved file must hold
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.count > 0)
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(
+                f"{type(self).__name__} is not fitted: call fit() on stored teacher features or load() a saved one"
+            )
+
+    def standardize(self, dense: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _tokens(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Each ``[N, C]`` or ``[B, C, h, w]`` batch as ``[tokens, C]`` float64 on the CPU, checked against ``dim``."""
+        for features in batches:
+            if features.dim() == 4:
+                features = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+            elif features.dim() != 2:
+                raise ValueError(f"{self.LABEL}: features must be [N, C] or [B, C, h, w], got {tuple(features.shape)}")
+            if features.shape[1] != self.dim:
+                raise ValueError(
+                    f"{self.LABEL} built for {self.dim} channels but got features with {features.shape[1]}"
+                )
+            yield features.detach().to(device="cpu", dtype=torch.float64)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.standardize(dense)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the statistics to ``path`` atomically; an existing file is kept unless ``overwrite``."""
+        self._check_fitted()
+        save_torch({k: v.cpu() for k, v in self.state_dict().items()}, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> _FittedStatistics:
+        """Read statistics written by :meth:`save`."""
+        state = read_state_dict(path, cls.LABEL)
+        if any(key not in state for key in cls.KEYS):
+            raise ValueError(f"{path} is not a {cls.LABEL} file (expected keys {', '.join(cls.KEYS)})")
+        standardizer = cls(int(state["mean"].shape[0]))
+        standardizer.load_state_dict(state, strict=True)
+        return standardizer
+
+
+class PHIStandardizer(_FittedStatistics):
     """PHI-S (PCA-Hadamard isotropic standardisation, RADIO v2.5 / FeatSharp) of one teacher's features.
 
     ``x_hat = alpha * H U^T (x - mean)`` per token, with ``U`` the eigenvectors of the feature
@@ -90,6 +142,9 @@ class PHIStandardizer(nn.Module):
     The statistics are computed once with :meth:`fit` and kept in buffers; ``save``/``load`` store them.
     """
 
+    LABEL = "PHI-S statistics"
+    KEYS = ("mean", "rotation", "alpha", "count")
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
@@ -97,19 +152,6 @@ class PHIStandardizer(nn.Module):
         self.register_buffer("rotation", torch.eye(dim))
         self.register_buffer("alpha", torch.ones(()))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
-
-    @property
-    def fitted(self) -> bool:
-        return bool(self.count > 0)
-
-    @staticmethod
-    def _tokens(features: torch.Tensor) -> torch.Tensor:
-        """``[N, C]`` or ``[B, C, h, w]`` -> ``[tokens, C]`` in float64."""
-        if features.dim() == 4:
-            features = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-        elif features.dim() != 2:
-            raise ValueError(f"PHI-S features must be [N, C] or [B, C, h, w], got {tuple(features.shape)}")
-        return features.detach().to(device="cpu", dtype=torch.float64)
 
     @torch.no_grad()
     def fit(self, features: Iterable[torch.Tensor]) -> PHIStandardizer:
@@ -120,10 +162,7 @@ class PHIStandardizer(nn.Module):
         total = 0
         acc_sum = torch.zeros(self.dim, dtype=torch.float64)
         acc_outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        for batch in features:
-            tokens = self._tokens(batch)
-            if tokens.shape[1] != self.dim:
-                raise ValueError(f"PHI-S was built for {self.dim} channels but got features with {tokens.shape[1]}")
+        for tokens in self._tokens(features):
             total += tokens.shape[0]
             acc_sum += tokens.sum(0)
             acc_outer += tokens.T @ tokens
@@ -147,12 +186,6 @@ class PHIStandardizer(nn.Module):
         self.count.fill_(total)
         return self
 
-    def _check_fitted(self) -> None:
-        if not self.fitted:
-            raise RuntimeError(
-                "PHIStandardizer is not fitted: call fit() on stored teacher features or load() a saved one"
-            )
-
     def standardize(self, dense: torch.Tensor) -> torch.Tensor:
         """``[B, C, h, w]`` (or ``[N, C]``) teacher features -> the same shape in PHI-S space (float32)."""
         self._check_fitted()
@@ -166,31 +199,15 @@ class PHIStandardizer(nn.Module):
         x = torch.einsum("dc,bd...->bc...", self.rotation, dense.float()) / self.alpha
         return x + self.mean.view(1, -1, *([1] * (x.dim() - 2)))
 
-    def forward(self, dense: torch.Tensor) -> torch.Tensor:
-        return self.standardize(dense)
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
-        """Write the statistics to ``path`` (a ``.pt`` dict of tensors) atomically; an existing file is kept unless
-        ``overwrite``."""
-        self._check_fitted()
-        save_torch({k: v.cpu() for k, v in self.state_dict().items()}, path, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> PHIStandardizer:
-        """Read statistics written by :meth:`save`."""
-        state = read_state_dict(path, "PHI-S statistics")
-        if "mean" not in state or "rotation" not in state:
-            raise ValueError(f"{path} is not a PHI-S statistics file (expected keys mean, rotation, alpha, count)")
-        standardizer = cls(int(state["mean"].shape[0]))
-        standardizer.load_state_dict(state, strict=True)
-        return standardizer
-
-
-class ZScoreStandardizer(nn.Module):
+class ZScoreStandardizer(_FittedStatistics):
     """Per-channel z-score of one teacher's features: ``x_hat_c = (x_c - mean_c) / std_c`` per token (Theia, UNIC).
 
     The statistics are computed once with :meth:`fit` and kept in buffers; ``save``/``load`` store them.
     """
+
+    LABEL = "z-score statistics"
+    KEYS = ("mean", "std", "count")
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -199,19 +216,12 @@ class ZScoreStandardizer(nn.Module):
         self.register_buffer("std", torch.ones(dim))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
-    @property
-    def fitted(self) -> bool:
-        return bool(self.count > 0)
-
     @torch.no_grad()
     def fit(self, features: Iterable[torch.Tensor]) -> ZScoreStandardizer:
         """Per-channel mean and standard deviation over every token of the batches (``[N, C]`` or ``[B, C, h, w]``),
         streaming."""
         total, acc, acc_sq = 0, torch.zeros(self.dim, dtype=torch.float64), torch.zeros(self.dim, dtype=torch.float64)
-        for batch in features:
-            tokens = PHIStandardizer._tokens(batch)
-            if tokens.shape[1] != self.dim:
-                raise ValueError(f"z-score was built for {self.dim} channels but got features with {tokens.shape[1]}")
+        for tokens in self._tokens(features):
             total += tokens.shape[0]
             acc += tokens.sum(0)
             acc_sq += (tokens**2).sum(0)
@@ -226,27 +236,9 @@ class ZScoreStandardizer(nn.Module):
 
     def standardize(self, dense: torch.Tensor) -> torch.Tensor:
         """``[B, C, h, w]`` (or ``[N, C]``) teacher features -> z-scores of the same shape (float32)."""
-        if not self.fitted:
-            raise RuntimeError("ZScoreStandardizer is not fitted: call fit() on stored teacher features or load()")
+        self._check_fitted()
         shape = (1, -1, *([1] * (dense.dim() - 2)))
         return (dense.float() - self.mean.view(shape)) / self.std.view(shape)
-
-    def forward(self, dense: torch.Tensor) -> torch.Tensor:
-        return self.standardize(dense)
-
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
-        """Write the statistics to ``path`` atomically; an existing file is kept unless ``overwrite``."""
-        save_torch({k: v.cpu() for k, v in self.state_dict().items()}, path, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ZScoreStandardizer:
-        """Read statistics written by :meth:`save`."""
-        state = read_state_dict(path, "z-score statistics")
-        if "mean" not in state or "std" not in state:
-            raise ValueError(f"{path} is not a z-score statistics file (expected keys mean, std, count)")
-        standardizer = cls(int(state["mean"].shape[0]))
-        standardizer.load_state_dict(state, strict=True)
-        return standardizer
 
 
 STANDARDIZATIONS: dict[str, type[nn.Module] | None] = {
