@@ -29,13 +29,11 @@ from vfss_agglo_bundle.data.phantom import (
     _to_pixels,
     sample_anatomy,
 )
+from vfss_agglo_bundle.data.swallow_events import INVERSION, ONSET, PEAK, PLATEAU, first_index
 
-__all__ = ["ONSET", "PEAK", "PLATEAU", "SUPERSAMPLING", "study_truth"]
+__all__ = ["SUPERSAMPLING", "study_truth"]
 
-ONSET, PEAK = 0.10, 0.95  # fractions of the maximum hyoid displacement (burst onset / swallow rest, peak)
-PLATEAU = 0.01  # maximum constriction: first frame within 1% of the rest area of the least area
 SUPERSAMPLING = 4  # area cells per frame pixel along each axis
-INVERSION = ((135.0, "complete"), (90.0, "partial"))
 
 
 def _extreme(points: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -142,11 +140,6 @@ def _frame_truth(a: StudyAnatomy, t: float, size: int) -> dict[str, Any]:
     }
 
 
-def _first(condition: np.ndarray, start: int = 0) -> int | None:
-    hits = np.flatnonzero(condition[start:])
-    return None if len(hits) == 0 else int(hits[0]) + start
-
-
 def study_truth(seed: int, cfg: PhantomConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """The ground truth of ``simulate_study(seed, cfg)``: per-frame signals and the swallow's events and measures.
 
@@ -170,12 +163,12 @@ def study_truth(seed: int, cfg: PhantomConfig = DEFAULT_CONFIG) -> dict[str, Any
     n = len(frames)
 
     amplitude = float(displacement.max())
-    peak = _first(displacement >= PEAK * amplitude)
+    peak = first_index(displacement >= PEAK * amplitude)
     below = np.flatnonzero(displacement[:peak] <= ONSET * amplitude)
     hyb = int(below[-1]) + 1 if len(below) else None
-    swallow_rest = _first(displacement <= ONSET * amplitude, peak + 1)
-    bpm = _first(np.nan_to_num(head, nan=-np.inf) > np.array([f["gonion_depth"] for f in frames]))
-    ueso, uesc = _first(phases >= opening), _first(phases >= closing)
+    swallow_rest = first_index(displacement <= ONSET * amplitude, peak + 1)
+    bpm = first_index(np.nan_to_num(head, nan=-np.inf) > np.array([f["gonion_depth"] for f in frames]))
+    ueso, uesc = first_index(phases >= opening), first_index(phases >= closing)
     end = swallow_rest if swallow_rest is not None else n - 1
     start = hyb if hyb is not None else 0
     rest_frames = [i for i in range(n) if frames[i]["lift"] == 0.0 and (hyb is None or i < hyb)] or [0]

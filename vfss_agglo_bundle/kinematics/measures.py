@@ -10,7 +10,8 @@ rigid, its corner's offset from its centroid (in the centroid axes of C4 -> C2) 
 each frame's corner is its centroid plus that offset; the hyoid point is the mean of its pixels in a band near the
 corner plus the median offset from that mean to the corner pixels (in the spine axes).
 
-Events of a swallow (the thresholds are this bundle's choices, documented in docs/kinematics.md):
+Events of a swallow (the thresholds are this bundle's choices, in :mod:`vfss_agglo_bundle.data.swallow_events`, shared
+with the phantom's truth, and documented in docs/kinematics.md):
 
 - swallow onset: the first of two frames in a row with at least ``SWALLOW_AREA`` %(C2-4)^2 of bolus in the pharynx
   (more than the residue left by the previous swallow plus ``SWALLOW_AREA``); the swallow ends at swallow rest.
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 from scipy.signal import savgol_filter
+from vfss_agglo_bundle.data.swallow_events import INVERSION, ONSET, PEAK, PLATEAU, first_index
 from vfss_agglo_bundle.kinematics.frame import FrameGeometry
 
 __all__ = ["NOT_COMPUTABLE", "UNITS", "analyse", "stabilise_landmarks"]
@@ -45,11 +47,7 @@ SWALLOW_AREA = 100.0  # %(C2-4)^2 of bolus in the pharynx (a 10 x 10 %(C2-4) pat
 REST_S = 0.5
 REST_PASSES = 4
 HYOID_WINDOW_S = 2.5
-ONSET = 0.10
-PEAK = 0.95
-PLATEAU = 0.01
 LENGTH_CV_FLAG = 0.10  # C2-C4 distance varying by more than this (coefficient of variation) is flagged
-INVERSION = ((135.0, "complete"), (90.0, "partial"))
 EVENTS = ("BPM", "HYB", "hyoid_peak", "UESO", "UESC", "max_constriction", "swallow_rest")
 MM_MEASURES = ("hyoid_peak_displacement", "hyoid_rest_to_peak_x", "hyoid_rest_to_peak_y", "ues_max_width")
 
@@ -70,11 +68,6 @@ UNITS = {
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
-
-
-def _first(condition: np.ndarray, start: int = 0, stop: int | None = None) -> int | None:
-    hits = np.flatnonzero(condition[start:stop])
-    return None if len(hits) == 0 else int(hits[0]) + start
 
 
 def _centroid_axes(g: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +177,7 @@ def _swallow(table: dict[str, np.ndarray], start: int, earliest: int, fps: float
             state = state or (frames, centre, moved, math.nan, None, None)
             break
         amplitude = float(np.nanmax(window))
-        peak = _first(moved >= PEAK * amplitude, frames[0], window_stop)
+        peak = first_index(moved >= PEAK * amplitude, frames[0], window_stop)
         below = np.flatnonzero(moved[frames[0] : peak] <= ONSET * amplitude) + frames[0]
         hyb = int(below[-1]) + 1 if len(below) else None
         state = (frames, centre, moved, amplitude, peak, hyb)
@@ -198,7 +191,7 @@ def _swallow(table: dict[str, np.ndarray], start: int, earliest: int, fps: float
     if events["hyoid_peak"] is None:
         flags.append("no hyoid in the swallow: no hyoid measures or hyoid events")
     else:
-        events["swallow_rest"] = _first(displacement <= ONSET * amplitude, events["hyoid_peak"] + 1)
+        events["swallow_rest"] = first_index(displacement <= ONSET * amplitude, events["hyoid_peak"] + 1)
         if events["swallow_rest"] is None:
             flags.append("the hyoid does not return to rest in the video")
         if events["HYB"] is None:
@@ -207,14 +200,14 @@ def _swallow(table: dict[str, np.ndarray], start: int, earliest: int, fps: float
     head, gonion = table["bolus_head"], table["gonion_depth"]
     past = np.nan_to_num(head, nan=-np.inf) > np.nan_to_num(gonion, nan=np.inf)
     crossing = past & ~np.concatenate([[False], past[:-1]])  # past the jaw's angle now, not in the frame before
-    events["BPM"] = _first(crossing, rest_frames[0] + 1, last + 1)
+    events["BPM"] = first_index(crossing, rest_frames[0] + 1, last + 1)
     if events["BPM"] is None:
-        events["BPM"] = _first(past, rest_frames[0], last + 1)
+        events["BPM"] = first_index(past, rest_frames[0], last + 1)
         if events["BPM"] is not None:
             flags.append("bolus already past the mandible when the swallow starts: BPM is its first frame")
-    events["UESO"] = _first(np.nan_to_num(table["bolus_below_ues"]) > 0, start)
+    events["UESO"] = first_index(np.nan_to_num(table["bolus_below_ues"]) > 0, start)
     if events["UESO"] is not None:
-        events["UESC"] = _first(np.nan_to_num(table["bolus_at_ues"], nan=1.0) == 0, events["UESO"] + 1)
+        events["UESC"] = first_index(np.nan_to_num(table["bolus_at_ues"], nan=1.0) == 0, events["UESO"] + 1)
         if events["UESC"] is None:
             flags.append("the sphincter does not close behind the bolus in the video")
     else:
@@ -274,7 +267,7 @@ def _find_swallows(table: dict[str, np.ndarray], fps: float) -> list[dict[str, A
     search, baseline = 0, 0.0
     while search < len(inside) - 1:
         above = inside >= baseline + SWALLOW_AREA
-        start = _first(above[:-1] & above[1:], search)
+        start = first_index(above[:-1] & above[1:], search)
         if start is None:
             break
         swallow = _swallow(table, start, search, fps)
