@@ -118,20 +118,23 @@ def video(
     threads: int = 2,
     checkpoint: str | None = None,
     out_dir: str = "eval/benchmark",
+    repeats: int = 3,
 ) -> None:
     """Frames/s of `inferring` on a phantom video file, from decoding to the kinematics files; writes JSON.
 
     ``checkpoint``: a trained ``models/model.pt`` (its masks give the kinematics a spine to measure); default random
-    weights of ``student``."""
+    weights of ``student``. ``repeats``: runs per variant, the median is reported (this machine's timings vary)."""
     from vfss_agglo_bundle.benchmark import video_throughput
     from vfss_agglo_bundle.utils.io import write_json
 
-    report = video_throughput(num_frames, image_size, fps, student, threads, checkpoint=checkpoint)
+    report = video_throughput(num_frames, image_size, fps, student, threads, checkpoint=checkpoint, repeats=repeats)
     path = f"{out_dir}/video_throughput.json"
     write_json(path, report, keep_old=True)
-    print(f"{num_frames} frames of {image_size}x{image_size} at {fps:g} frames/s, {student}, {threads} threads:")
+    print(f"{num_frames} frames of {image_size}x{image_size} at {fps:g} frames/s, {student}, {threads} threads, "
+          f"median of {repeats} run(s):")  # fmt: skip
     for row in report["rows"]:
-        print(f"  {row['variant']}: {row['seconds']:.1f} s, {row['frames_per_s']:.1f} frames/s "
+        runs = ", ".join(f"{s:.1f}" for s in row["runs_s"])
+        print(f"  {row['variant']}: {row['seconds']:.1f} s ({runs}), {row['frames_per_s']:.1f} frames/s "
               f"({row['swallows']} swallow(s) found, video fps read {row['fps_read']})")  # fmt: skip
     print(f"wrote {path}")
 

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -207,8 +208,9 @@ def test_inference_ablation_rows(tmp_path):
 def test_video_throughput_runs_the_inference_config_end_to_end():
     from vfss_agglo_bundle.benchmark import video_throughput
 
-    report = video_throughput(num_frames=12, image_size=64, fps=12.0, threads=2)
+    report = video_throughput(num_frames=12, image_size=64, fps=12.0, threads=2, repeats=2)
     rows = report["rows"]
+    assert all(len(r["runs_s"]) == 2 and r["seconds"] == pytest.approx(np.median(r["runs_s"])) for r in rows)
     assert [r["variant"] for r in rows] == list(VIDEO_VARIANTS)
     assert all(r["seconds"] > 0 and r["frames_per_s"] == pytest.approx(12 / r["seconds"]) for r in rows)
     assert all(r["fps_read"] == pytest.approx(12.0) for r in rows)  # the MP4's own frame rate reached the kinematics

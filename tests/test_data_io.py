@@ -125,3 +125,15 @@ def test_monai_readers_see_png_and_nifti_in_the_same_orientation(tmp_path):
     nii = np.asarray(LoadImage(image_only=True)(str(tmp_path / "l.nii.gz")))
     assert png.shape == (80, 48) and nii.shape == (80, 48, 2)
     np.testing.assert_array_equal(png > 200, nii[..., 0] > 0)
+
+
+def test_an_in_memory_frame_loads_like_its_png_and_is_kept_for_writers(tmp_path):
+    frame = np.random.default_rng(3).integers(0, 256, (30, 50), dtype=np.uint8)
+    write_frame(tmp_path / "f.png", frame)
+    load = LoadVFSSFramed(keys=["image"], image_size=32)
+    from_file, from_memory = load({"image": str(tmp_path / "f.png")}), load({"image": frame})
+    assert torch.equal(from_file["image"], from_memory["image"]) and from_memory["image"].shape == (1, 32, 32)
+    assert torch.equal(from_file["image_box"], from_memory["image_box"])
+    assert np.array_equal(from_memory["image_frame"].numpy(), frame) and "image_frame" not in from_file
+    with pytest.raises(ValueError, match=r"uint8 \[H, W\], got float32 \[30, 50\]"):
+        load({"image": frame.astype(np.float32)})

@@ -92,7 +92,7 @@ def write_label(path: PathLike, label: np.ndarray, overwrite: bool = False) -> N
     """Write a ``[T, H, W]`` binary mask as a uint8 NIfTI stored ``[W, H, T]``, atomically."""
     if label.ndim != 3:
         raise ValueError(f"write_label expects [T, H, W], got {list(label.shape)} for {path}.")
-    data = np.ascontiguousarray(np.transpose(label > 0, (2, 1, 0))).astype(np.uint8)
+    data = (label > 0).astype(np.uint8).transpose(2, 1, 0)  # Fortran-ordered [W, H, T]: NIfTI's order, no copy
     suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
     with atomic_path(path, overwrite=overwrite, suffix=suffix) as tmp:
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp))

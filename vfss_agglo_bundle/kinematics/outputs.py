@@ -123,7 +123,7 @@ def kinematics_sheet(result: dict[str, Any], title: str = "") -> np.ndarray:
     ax = axes[1, 2]
     ax.axis("off")
     ax.text(0, 1, _summary(result), va="top", ha="left", family="monospace", fontsize=8.5, transform=ax.transAxes)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.985, bottom=0.07, top=0.92, wspace=0.28, hspace=0.32)  # tight_layout: 0.3 s
     canvas = fig.canvas
     canvas.draw()
     image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
