@@ -26,9 +26,11 @@ def synth(
     seed: int = 0,
     ratios: tuple = (9, 3, 4),
     tasks: tuple = DEFAULT_TASKS,
+    phantom: str = "v2",
 ) -> str:
-    """Write a phantom dataset (studies x frames) and its datalist split by study."""
-    return str(prepare.synthesize_dataset(out_dir, studies, frames, image_size, seed, ratios, tasks))
+    """Write a phantom dataset (studies x frames) and its datalist split by study (``phantom``: v2, the
+    domain-randomised default, or v1, its plain look)."""
+    return str(prepare.synthesize_dataset(out_dir, studies, frames, image_size, seed, ratios, tasks, phantom))
 
 
 def import_masks(

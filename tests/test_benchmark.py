@@ -215,3 +215,12 @@ def test_video_throughput_runs_the_inference_config_end_to_end():
     assert all(r["seconds"] > 0 and r["frames_per_s"] == pytest.approx(12 / r["seconds"]) for r in rows)
     assert all(r["fps_read"] == pytest.approx(12.0) for r in rows)  # the MP4's own frame rate reached the kinematics
     assert report["settings"]["num_frames"] == 12 and report["settings"]["checkpoint"] is None
+
+
+def test_phantom_speed_reports_both_versions():
+    from vfss_agglo_bundle.benchmark import phantom_speed
+
+    report = phantom_speed(image_size=64, studies=1, frames=2)
+    assert [r["phantom"] for r in report["rows"]] == ["v1", "v2"]
+    assert all(r["frames"] == 2 and r["frames_per_s"] == pytest.approx(2 / r["seconds"]) for r in report["rows"])
+    assert all(r["cpu_seconds"] > 0 for r in report["rows"]) and report["settings"]["image_size"] == 64

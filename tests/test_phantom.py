@@ -6,7 +6,7 @@ from scipy import ndimage
 from vfss_agglo_bundle.data.phantom import KNOWN_STRUCTURES, PhantomConfig, render_frame, sample_anatomy, simulate_study
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
-CFG = PhantomConfig(image_size=128)
+CFG = PhantomConfig.plain(image_size=128)  # the anatomy and physics; the v2 knobs: test_phantom_v2.py
 SEEDS = range(6)
 ALWAYS_PRESENT = ("pharynx", "mandible", "hyoid", "epiglottis", "c1", "c2", "c3", "c4", "c5", "c6", "c7")
 

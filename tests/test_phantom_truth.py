@@ -8,13 +8,20 @@ from vfss_agglo_bundle.data.phantom_truth import study_truth
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.kinematics import analyse, frame_geometry
 
-CFG = PhantomConfig()  # the default 256 px, 24 frames over 3 s
+CFG = PhantomConfig.plain()  # 256 px, 24 frames over 3 s, at about one magnification, facing left, circular field
+V2 = PhantomConfig()  # the default: domain-randomised (mirrored, letterboxed, shuttered, magnified 0.55-1.2 x, ...)
 SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
 def studies():
     return {seed: (simulate_study(seed, CFG), study_truth(seed, CFG)) for seed in SEEDS}
+
+
+@pytest.fixture(scope="module")
+def v2_studies():
+    seeds = (0, 1, 2, 3)  # 0: shutters left and right; 1: mirrored, 0.6 x magnification; 2, 3: flat panel, 4:3
+    return {seed: (simulate_study(seed, V2), study_truth(seed, V2)) for seed in seeds}
 
 
 def channel(name):
@@ -44,8 +51,9 @@ def test_events_are_in_physiological_order(studies):
         assert 0 < swallow["measures"]["pharyngeal_transit_s"] < CFG.duration_s
 
 
-def test_pharynx_constricts_and_the_sphincter_opens(studies):
-    for frames, truth in studies.values():
+@pytest.mark.parametrize("which", ["studies", "v2_studies"])
+def test_pharynx_constricts_and_the_sphincter_opens(which, request):
+    for frames, truth in request.getfixturevalue(which).values():
         m = truth["swallows"][0]["measures"]
         assert 0.0 < m["pharyngeal_constriction_ratio"] < 0.95  # the lumen narrows with the swallow
         opened = np.array(truth["frames"]["ues_open"], bool)
@@ -59,8 +67,9 @@ def test_pharynx_constricts_and_the_sphincter_opens(studies):
         assert np.abs(pharynx / area_px - 1).max() < 0.1
 
 
-def test_hyoid_truth_matches_the_rendered_hyoid(studies):
-    for frames, truth in studies.values():
+@pytest.mark.parametrize("which", ["studies", "v2_studies"])
+def test_hyoid_truth_matches_the_rendered_hyoid(which, request):
+    for frames, truth in request.getfixturevalue(which).values():
         centroids = np.array([np.argwhere(lab[channel("hyoid")])[:, ::-1].mean(0) for _, lab in frames])
         truth_px = np.array(truth["frames"]["hyoid_px"])
         moved = np.linalg.norm(centroids - centroids[0], axis=1)  # the hyoid moves rigidly: same path as its point
@@ -70,7 +79,8 @@ def test_hyoid_truth_matches_the_rendered_hyoid(studies):
 
 def test_kinematics_from_ground_truth_masks_meet_the_targets(studies):
     """Target (a) of the kinematics issue: hyoid peak displacement within 3 %(C2-4), events within 1 frame,
-    constriction ratio within 0.03."""
+    constriction ratio within 0.03 (at about one magnification: at 0.55 x, C2-C4 is under 30 px and the method's
+    own error grows, see docs/kinematics.md)."""
     for frames, truth in studies.values():
         result = analyse([frame_geometry(lab, DEFAULT_TASKS) for _, lab in frames], DEFAULT_TASKS, truth["fps"])
         (swallow,) = result["swallows"]

@@ -1,9 +1,11 @@
 """Speed benchmark of the student against its teachers, and of the CPU inference settings (one job per module:
-timing, machine description, the rows to time, the run, the report, the inference ablation, a video end to end)."""
+timing, machine description, the rows to time, the run, the report, the inference ablation, a video end to end,
+the phantom's rendering speed)."""
 
 from vfss_agglo_bundle.benchmark.ablation import inference_ablation
 from vfss_agglo_bundle.benchmark.machine import describe_machine
 from vfss_agglo_bundle.benchmark.measure import MIN_RUNS, Measurement, count_flops, count_params, measure
+from vfss_agglo_bundle.benchmark.phantom_speed import phantom_speed
 from vfss_agglo_bundle.benchmark.report import to_markdown, write_report
 from vfss_agglo_bundle.benchmark.run import Entry, run_benchmark, run_targets, speed_ratios
 from vfss_agglo_bundle.benchmark.targets import FULL_RANDOM, REAL, TEACHER_NAMES, TINY, teacher_targets
@@ -22,6 +24,7 @@ __all__ = [
     "describe_machine",
     "inference_ablation",
     "measure",
+    "phantom_speed",
     "run_benchmark",
     "run_targets",
     "speed_ratios",

@@ -3,16 +3,26 @@
 Geometry lives in normalised image coordinates ``(u, v)`` in ``[0, 1]`` (``u`` to the right, ``v`` down), so any
 image size renders the same scene. A study is a canonical neck (face on the left, cervical spine on the right)
 posed by a per-study similarity transform, with per-study anatomy, exposure and swallow timing. Each frame is
-rendered as an X-ray: attenuation layers (soft tissue, bone, air, barium) -> transmitted intensity -> quantum
-(Poisson) noise -> blur -> display gain/gamma -> vignetting -> circular image-intensifier field (black outside).
+rendered as an X-ray: attenuation layers (soft tissue, bone, air, barium, metal) -> transmitted intensity ->
+quantum (Poisson) noise -> blur -> display gain (air saturates) and gamma -> vignetting -> the exposed field (an
+image intensifier's circle or a flat panel's rectangle, inside the collimator shutters; black outside).
 Dense is dark: bone mid-grey to dark, barium near black, air bright.
 
-Labels are what an annotator draws: the outline of each structure, clipped to the visible field, one binary
-channel per task; channels overlap where anatomy does (the bolus lies inside the pharynx).
+Domain randomisation (phantom v2, :class:`PhantomConfig`; :meth:`PhantomConfig.plain` turns it off): field of
+view and magnification vary several-fold; either facing direction; head flexed, extended or tilted; shoulders as a
+dark mass over C5-C7; skull base, teeth with fillings, hard palate, calcified laryngeal and tracheal cartilage;
+low-contrast vertebrae with facets, unevenly spaced; burned-in text, a ruler or a calibration coin; 4:3 and 16:9
+recordings letterboxed into the square frame.
+
+Labels are what an annotator draws: the outline of each structure, clipped to the exposed field (inside the
+shutters), one binary channel per task; channels overlap where anatomy does (the bolus lies inside the pharynx). A
+vertebra behind the shoulders is still labelled where it is (annotators draw C5-C7 from the spine's line when the
+shoulders darken them); burned-in text, rulers and coins are not labelled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +33,10 @@ from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
 __all__ = [
     "KNOWN_STRUCTURES",
+    "field_mask",
     "PhantomConfig",
     "StudyAnatomy",
+    "phantom_config",
     "phantom_tasks",
     "render_frame",
     "sample_anatomy",
@@ -52,16 +64,16 @@ class PhantomConfig:
 
     image_size: int = 256
     num_frames: int = 24
-    scale: tuple[float, float] = (0.95, 1.15)
-    rotation_deg: tuple[float, float] = (-12.0, 12.0)
-    shift: float = 0.035
+    scale: tuple[float, float] = (0.55, 1.2)  # magnification: 0.55 shows head, neck and shoulders, 1.2 the neck
+    rotation_deg: tuple[float, float] = (-20.0, 20.0)
+    shift: float = 0.07
     field_radius: tuple[float, float] = (0.47, 0.62)
     motion: float = 0.006  # amplitude of slow patient motion during the swallow
     lordosis: tuple[float, float] = (-0.01, 0.07)
     photons: tuple[float, float] = (120.0, 500.0)  # detected quanta per 256-grid pixel at full transmission
     blur_px: tuple[float, float] = (0.5, 1.1)
     motion_blur_px: float = 1.2  # extra vertical blur at peak hyoid speed
-    gain: tuple[float, float] = (0.95, 1.45)
+    gain: tuple[float, float] = (0.95, 1.9)  # above ~1.2 the air in front of the neck saturates
     gamma: tuple[float, float] = (0.8, 1.2)
     contrast: tuple[float, float] = (0.85, 1.2)
     residue_probability: float = 0.3  # chance that barium stays in the valleculae after the swallow
@@ -69,6 +81,35 @@ class PhantomConfig:
     duration_s: float = 3.0  # the clip's length: frame i is at phase i / (num_frames - 1), time phase * duration_s
     constriction: tuple[float, float] = (0.55, 0.97)  # fraction of the lumen's width closed at peak constriction
     ues_opening: tuple[float, float] = (0.45, 0.8)  # sphincter half width when open, x the pharynx's half width
+    # phantom v2: what real VFSS has (PhantomConfig.plain() turns every one of these off)
+    mirror_probability: float = 0.5  # the patient faces right: the scene, its labels and its truth mirrored
+    flat_panel_probability: float = 0.35  # a flat panel's rectangular field instead of the intensifier's circle
+    shutter_probability: float = 0.3  # per edge: a collimator shutter covering shutter_inset of the field
+    shutter_inset: tuple[float, float] = (0.04, 0.25)
+    letterbox_probability: float = 0.35  # a 4:3 or 16:9 recording (half each) letterboxed into the square frame
+    head_flex_deg: tuple[float, float] = (-15.0, 15.0)  # skull and face about C1: + flexion (chin down), - extension
+    shoulder_top: tuple[float, float] = (0.52, 1.05)  # canonical v of the shoulders' top: 0.52 hides C5-C7
+    shoulder_density: tuple[float, float] = (0.8, 2.6)
+    cartilage: tuple[float, float] = (0.0, 0.35)  # calcification of the thyroid, cricoid and tracheal cartilage
+    skull_base: tuple[float, float] = (0.15, 0.6)  # density of the petrous ridge and mastoid above C1
+    vertebra_contrast: tuple[float, float] = (0.45, 1.1)  # x the vertebrae's bone density (1: phantom v1)
+    vertebra_spacing: float = 0.012  # jitter of each vertebra's level along the spine (v1: 0, even tiles)
+    fillings: tuple[int, int] = (0, 6)  # dental fillings (metal) on the teeth
+    text_probability: float = 0.8  # burned-in text (study, date, kV / mA, frame rate) in the frame's corners
+    ruler_probability: float = 0.2  # a radio-opaque ruler in front of the neck
+    coin_probability: float = 0.2  # a calibration coin in front of the neck
+
+    @classmethod
+    def plain(cls, **overrides: object) -> PhantomConfig:
+        """Phantom v1's look: the anatomy centred at about one magnification, facing left, in a circular field,
+        none of the v2 randomisation (``overrides`` as in the constructor)."""
+        v1 = dict(scale=(0.95, 1.15), rotation_deg=(-12.0, 12.0), shift=0.035, gain=(0.95, 1.45),
+                  mirror_probability=0.0, flat_panel_probability=0.0, shutter_probability=0.0,
+                  letterbox_probability=0.0, head_flex_deg=(0.0, 0.0), shoulder_top=(1.6, 1.6),
+                  shoulder_density=(0.0, 0.0), cartilage=(0.0, 0.0), skull_base=(0.0, 0.0),
+                  vertebra_contrast=(1.0, 1.0), vertebra_spacing=0.0, fillings=(0, 0), text_probability=0.0,
+                  ruler_probability=0.0, coin_probability=0.0)  # fmt: skip
+        return cls(**{**v1, **overrides})
 
     def __post_init__(self) -> None:
         if self.image_size < 32:
@@ -77,6 +118,12 @@ class PhantomConfig:
             raise ValueError(f"PhantomConfig.num_frames must be >= 1, got {self.num_frames}")
         if self.duration_s <= 0:
             raise ValueError(f"PhantomConfig.duration_s must be > 0, got {self.duration_s}")
+        for name in ("mirror_probability", "flat_panel_probability", "shutter_probability", "letterbox_probability",
+                     "text_probability", "ruler_probability", "coin_probability"):  # fmt: skip
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"PhantomConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.fillings[0] <= self.fillings[1]:
+            raise ValueError(f"PhantomConfig.fillings must be (low, high) with 0 <= low <= high, got {self.fillings}")
 
     @property
     def fps(self) -> float:
@@ -85,6 +132,15 @@ class PhantomConfig:
 
 
 DEFAULT_CONFIG = PhantomConfig()
+PHANTOM_VERSIONS = ("v1", "v2")
+
+
+def phantom_config(version: str = "v2", **settings: object) -> PhantomConfig:
+    """The simulator's settings for phantom ``v2`` (domain-randomised, the default) or ``v1`` (its plain look:
+    :meth:`PhantomConfig.plain`); ``settings`` as in :class:`PhantomConfig`."""
+    if version not in PHANTOM_VERSIONS:
+        raise ValueError(f"unknown phantom version {version!r}; choose one of {list(PHANTOM_VERSIONS)}.")
+    return PhantomConfig.plain(**settings) if version == "v1" else PhantomConfig(**settings)
 
 
 @dataclass
@@ -138,6 +194,22 @@ class StudyAnatomy:
     dense_dots: np.ndarray  # [D, 3] u, v, radius: fillings, earrings, skin markers
     lines: np.ndarray  # [L, 4] u0, v0, u1, v1: glasses frames, head holder
     texture_seed: int
+    # phantom v2 (defaults: phantom v1)
+    mirror: bool = False
+    flat_panel: bool = False
+    shutters: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(4))  # left, top, right, bottom insets
+    letterbox: float = 1.0  # height / width of the recording (1, 0.75 or 0.5625): its scale in the square frame
+    head_flex: float = 0.0  # radians
+    shoulder_top: float = 1.6
+    shoulder_density: float = 0.0
+    cartilage: float = 0.0
+    skull_base: float = 0.0
+    vertebra_contrast: float = 1.0
+    vertebra_levels: np.ndarray = dataclasses.field(default_factory=lambda: _VERTEBRA_LEVELS.copy())
+    fillings: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3)))  # along teeth, lower?, radius
+    ruler: np.ndarray | None = None  # [4] u, v, angle, length
+    coin: np.ndarray | None = None  # [3] u, v, radius
+    text: tuple[tuple[int, int, str], ...] = ()  # corner (0-3), grey level, line(s) burned into the frame
 
 
 def phantom_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
@@ -216,6 +288,46 @@ def sample_anatomy(rng: np.random.Generator, cfg: PhantomConfig = DEFAULT_CONFIG
         constriction=u(*cfg.constriction),  # drawn last: the draws above are those of earlier versions
         ues_opening=u(*cfg.ues_opening),
         hyoid_delay=u(-0.08, 0.04),
+        **_sample_v2(rng, cfg),  # drawn last, always the same number of draws: a knob set to off changes nothing else
+    )
+
+
+_TEXT_LINES = ("VFSS {d:02d}/{m:02d}/2026", "kV {kv}  mA {ma:.1f}", "{fps} fps  #{n:04d}", "LAT  ID {pid:06d}")
+
+
+def _sample_v2(rng: np.random.Generator, cfg: PhantomConfig) -> dict[str, object]:
+    """The phantom v2 part of a study (:class:`PhantomConfig`'s v2 knobs)."""
+    u = rng.uniform
+    draws = rng.random(8)  # mirror, flat panel, letterbox, letterbox kind, text, ruler, coin, spare
+    shutters = np.where(rng.random(4) < cfg.shutter_probability, u(*cfg.shutter_inset, 4), 0.0)
+    num_fillings = int(rng.integers(cfg.fillings[0], cfg.fillings[1] + 1))
+    fillings = np.stack([u(0, 1, 6), rng.integers(0, 2, 6), u(0.006, 0.012, 6)], axis=1)[:num_fillings]
+    ruler = np.array([u(0.15, 0.35), u(0.55, 0.8), u(-0.3, 0.3), u(0.25, 0.4)])  # on the chin or in front of the neck
+    coin = np.array([u(0.15, 0.35), u(0.75, 0.95), u(0.025, 0.045)])
+    corners = rng.permutation(4)[:2]
+    values = dict(d=int(rng.integers(1, 29)), m=int(rng.integers(1, 13)), kv=int(rng.integers(60, 90)),
+                  ma=float(u(0.5, 3.0)), fps=int(rng.choice([15, 25, 30])), n=int(rng.integers(1, 9999)),
+                  pid=int(rng.integers(0, 999999)))  # fmt: skip
+    lines = [line.format(**values) for line in _TEXT_LINES]
+    text = tuple(
+        (int(c), int(rng.integers(200, 256)), "\n".join(lines[2 * k : 2 * k + 2])) for k, c in enumerate(corners)
+    )
+    return dict(
+        mirror=bool(draws[0] < cfg.mirror_probability),
+        flat_panel=bool(draws[1] < cfg.flat_panel_probability),
+        shutters=shutters,
+        letterbox=(0.75, 0.5625)[int(draws[3] < 0.5)] if draws[2] < cfg.letterbox_probability else 1.0,
+        head_flex=float(np.deg2rad(u(*cfg.head_flex_deg))),
+        shoulder_top=float(u(*cfg.shoulder_top)),
+        shoulder_density=float(u(*cfg.shoulder_density)),
+        cartilage=float(u(*cfg.cartilage)),
+        skull_base=float(u(*cfg.skull_base)),
+        vertebra_contrast=float(u(*cfg.vertebra_contrast)),
+        vertebra_levels=_VERTEBRA_LEVELS + cfg.vertebra_spacing * u(-1, 1, 7),
+        fillings=fillings,
+        ruler=ruler if draws[5] < cfg.ruler_probability else None,
+        coin=coin if draws[6] < cfg.coin_probability else None,
+        text=text if draws[4] < cfg.text_probability else (),
     )
 
 
@@ -462,29 +574,43 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
     barium: list[tuple[np.ndarray, float]] = []
     metal: list[tuple[np.ndarray, float]] = []
     lift, tip = _swallow_state(a, t)
+    pivot = a.spine_top + np.array([-0.02, 0.0])  # the head flexes and extends about the atlas
+    head_turn = _rotation(a.head_flex)
+
+    def flex(poly: np.ndarray) -> np.ndarray:
+        return (poly - pivot) @ head_turn.T + pivot
 
     # soft tissue: body outline, thicker head, shoulder, overlapping soft structures
     tissue.append((_smooth(_SKIN + a.skin_jitter, 2), 1.0))
-    tissue.append((_ellipse(np.array([0.25, 0.05]), (0.55, 0.42), 0.15), 0.7))
-    tissue.append((_ellipse(np.array([0.05, 0.50]) + a.face_offset, (0.35, 0.22), -0.1), 0.5))
+    tissue.append((flex(_ellipse(np.array([0.25, 0.05]), (0.55, 0.42), 0.15)), 0.7))
+    tissue.append((flex(_ellipse(np.array([0.05, 0.50]) + a.face_offset, (0.35, 0.22), -0.1)), 0.5))
     tissue.append((_ellipse(np.array([1.05, 1.12]) + a.skin_jitter[5], (0.32, 0.22), -0.5), 1.6))
+    if a.shoulder_density > 0:  # both shoulders as one dark mass; its top edge over C5-C7 or below
+        shoulders = _ellipse(np.array([0.95, a.shoulder_top + 0.36]), (0.85, 0.36), -0.12, 32)
+        tissue.append((shoulders, a.shoulder_density))
     for cu, cv, ru, rv, ang, dens in a.clutter[: len(a.clutter) // 2]:  # first half: soft overlaps in the neck
         tissue.append((_ellipse(np.array([cu + 0.25, cv + 0.45]), (2 * ru, 2 * rv), ang), 0.25 * abs(dens)))
 
     # skull: occipital and parietal bone as a band, skull base above the atlas
     skull_centre = np.array([0.28, -0.02]) + a.skin_jitter[0] * 0.5
-    bone.append((_ellipse(skull_centre, (0.47, 0.27), 0.12, 48), 0.35))
-    bone.append((_ellipse(skull_centre + [0.0, -0.008], (0.445, 0.245), 0.12, 48), -0.35))
-    bone.append((_smooth(np.array([[0.40, 0.12], [0.58, 0.10], [0.66, 0.16], [0.55, 0.20], [0.42, 0.19]]), 2), 0.45))
+    bone.append((flex(_ellipse(skull_centre, (0.47, 0.27), 0.12, 48)), 0.35))
+    bone.append((flex(_ellipse(skull_centre + [0.0, -0.008], (0.445, 0.245), 0.12, 48)), -0.35))
+    skull_floor = np.array([[0.40, 0.12], [0.58, 0.10], [0.66, 0.16], [0.55, 0.20], [0.42, 0.19]])
+    bone.append((flex(_smooth(skull_floor, 2)), 0.45))
+    if a.skull_base > 0:  # petrous ridge and mastoid: dense bone above the atlas
+        bone.append(
+            (flex(_tube(np.array([[0.28, 0.02], [0.45, 0.07], [0.62, 0.11]]), np.full(3, 0.013))), a.skull_base)
+        )
+        bone.append((flex(_ellipse(np.array([0.60, 0.13]), (0.06, 0.04), 0.5)), a.skull_base))
     for cu, cv, ru, rv, ang, dens in a.clutter[len(a.clutter) // 2 :]:  # second half: bone and sinuses in the head
-        (bone if dens > 0 else air).append((_ellipse(np.array([cu, cv]), (ru, rv), ang), abs(dens)))
+        (bone if dens > 0 else air).append((flex(_ellipse(np.array([cu, cv]), (ru, rv), ang)), abs(dens)))
 
     # spine: seven vertebrae along a lordotic curve, each tilted with the local tangent
     top, bottom = a.spine_top, a.spine_bottom
     tangent_mid = (bottom - top) / np.linalg.norm(bottom - top)
     back_mid = np.array([tangent_mid[1], -tangent_mid[0]])
     control = 0.5 * (top + bottom) - a.lordosis * back_mid
-    origins, tangents = _bezier(top, control, bottom, _VERTEBRA_LEVELS)
+    origins, tangents = _bezier(top, control, bottom, a.vertebra_levels)
     for i, name in enumerate(VERTEBRAE):
         template = (_ATLAS, _AXIS, *[_VERTEBRA] * 5)[i]
         height_scale = (0.75, 1.15, 1, 1, 1, 1, 1)[i]
@@ -495,9 +621,13 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
         local = _smooth(template, 2)
         outline = origins[i] + local[:, :1] * width * back + local[:, 1:] * height * down
         labels[name].append(outline)
-        bone.append((outline, 0.25))
+        density = a.vertebra_contrast
+        bone.append((outline, 0.25 * density))
         body = _smooth(_ATLAS_ARCH if i == 0 else _BODY, 2)  # denser than the posterior elements
-        bone.append((origins[i] + body[:, :1] * width * back + body[:, 1:] * height * down, 0.2))
+        bone.append((origins[i] + body[:, :1] * width * back + body[:, 1:] * height * down, 0.2 * density))
+        if i >= 2 and a.vertebra_contrast != 1.0:  # the articular pillar (facets) behind the body
+            facet = _ellipse(np.array([1.45, 0.0]), (0.22, 0.42), 0.3, 12)
+            bone.append((origins[i] + facet[:, :1] * width * back + facet[:, 1:] * height * down, 0.12 * density))
 
     # pharynx: lumen in front of the spine from the nasopharynx to the upper oesophageal sphincter
     levels = np.linspace(0.0, _PHARYNX_END, 42)
@@ -510,7 +640,7 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
 
     # the bolus path: mouth -> over the tongue base -> down the pharynx -> oesophagus below the field
     face = a.face_offset
-    oral_path = np.array([[0.10, 0.49], [0.20, 0.48], [0.29, 0.47], [0.36, 0.455]]) + face
+    oral_path = flex(np.array([[0.10, 0.49], [0.20, 0.48], [0.29, 0.47], [0.36, 0.455]]) + face)
     entry = np.searchsorted(levels, _PHARYNX_ENTRY)
     oes_levels = np.linspace(_PHARYNX_END, 1.35, 12)[1:]
     oes_pts, oes_down = _bezier(top, control, bottom, oes_levels)
@@ -564,6 +694,18 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
     lx_line = lx_pts + lx_front * (a.prevertebral + 2 * a.pharynx_width + 0.035) + 0.7 * lift * a.hyoid_lift * up_fwd
     lx_half = np.full(len(lx_line), 0.017) * (1 - 0.6 * lift * np.linspace(1, 0, len(lx_line)) ** 4)
     air.append((_tube(lx_line, lx_half), 0.16))
+    if a.cartilage > 0:  # calcified thyroid and cricoid cartilage and tracheal rings: rims around the airway
+        lx_angle = float(np.arctan2(lx_down[3, 1], lx_down[3, 0]))
+        for centre, radii, value in (
+            (lx_line[2] - lx_front[2] * 0.012, (0.065, 0.04), 1.0),  # thyroid
+            (lx_line[5], (0.022, 0.03), 0.8),  # cricoid
+            *[(lx_line[k], (0.008, 0.024), 0.5) for k in range(7, 13)],  # tracheal rings
+        ):
+            outer, inner = (
+                _ellipse(centre, radii, lx_angle, 20),
+                _ellipse(centre, (0.7 * radii[0], 0.7 * radii[1]), lx_angle, 20),
+            )
+            bone += [(outer, value * a.cartilage), (inner, -value * a.cartilage)]
 
     # epiglottis: thin strip from the front wall of the pharynx, tipping back and down during the swallow
     base_level = 0.50
@@ -608,23 +750,40 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
     jaw = a.jaw_opening * _plateau(t, a.bolus_start - 0.08, a.swallow_onset - 0.05, 0.06)
     condyle = np.array([0.42, 0.27]) + face
     mandible = ((_MANDIBLE + face - condyle) * a.mandible_scale) @ _rotation(-jaw).T + condyle
-    mandible = _smooth(mandible, 2)
+    mandible = flex(_smooth(mandible, 2))
     labels["mandible"].append(mandible)
     bone.append((mandible, 0.5))
     lower_teeth = (np.array([[0.0, 0.54], [0.1, 0.535], [0.2, 0.515]]) + face - condyle) * a.mandible_scale
-    bone.append((_tube(lower_teeth @ _rotation(-jaw).T + condyle, np.array([0.022, 0.026, 0.024])), 0.3))
-    upper_teeth = np.array([[0.0, 0.47], [0.1, 0.465], [0.2, 0.455]]) + face
+    lower_teeth = flex(lower_teeth @ _rotation(-jaw).T + condyle)
+    bone.append((_tube(lower_teeth, np.array([0.022, 0.026, 0.024])), 0.3))
+    upper_teeth = flex(np.array([[0.0, 0.47], [0.1, 0.465], [0.2, 0.455]]) + face)
     bone.append((_tube(upper_teeth, np.array([0.024, 0.028, 0.025])), 0.3))
-    palate = _tube(np.array([[-0.05, 0.435], [0.15, 0.425], [0.33, 0.41]]) + face, np.array([0.008, 0.008, 0.005]))
+    palate = _tube(
+        flex(np.array([[-0.05, 0.435], [0.15, 0.425], [0.33, 0.41]]) + face), np.array([0.008, 0.008, 0.005])
+    )
     bone.append((palate, 0.5))
-    tissue.append((_ellipse(np.array([0.24, 0.50]) + face, (0.16, 0.055), -0.15), 0.25))
-    air.append((_ellipse(np.array([0.22, 0.455]) + face, (0.11, 0.012), -0.08), 0.1 * (1 - 0.7 * lift)))
+    tissue.append((flex(_ellipse(np.array([0.24, 0.50]) + face, (0.16, 0.055), -0.15)), 0.25))
+    air.append((flex(_ellipse(np.array([0.22, 0.455]) + face, (0.11, 0.012), -0.08)), 0.1 * (1 - 0.7 * lift)))
+    for along, lower, r in a.fillings:  # amalgam fillings on the teeth
+        teeth = lower_teeth if lower else upper_teeth
+        centre = np.array([np.interp(along, [0, 0.5, 1], teeth[:, k]) for k in (0, 1)])
+        metal.append((_ellipse(centre, (1.4 * r, r), 0.0, 10), 3.0))
 
-    # extras that confuse: dense dots (fillings, earrings) and thin lines (glasses, head holder)
+    # extras that confuse: dense dots (earrings, skin markers), thin lines (glasses, head holder), ruler and coin
     for cu, cv, r in a.dense_dots:
-        metal.append((_ellipse(np.array([cu, cv]), (r, r), 0.0, 12), 3.0))
+        metal.append((flex(_ellipse(np.array([cu, cv]), (r, r), 0.0, 12)), 3.0))
     for u0, v0, u1, v1 in a.lines:
         metal.append((_tube(np.array([[u0, v0], [u1, v1]]), np.array([0.003, 0.003])), 0.8))
+    if a.ruler is not None:  # a radio-opaque ruler: a bar with a tick every 1/12 of its length
+        ru, rv, angle, length = a.ruler
+        along, across = np.array([np.sin(angle), np.cos(angle)]), np.array([np.cos(angle), -np.sin(angle)])
+        start = np.array([ru, rv])
+        metal.append((_tube(np.stack([start, start + length * along]), np.array([0.006, 0.006])), 1.2))
+        for k in range(13):
+            p = start + k * length / 12 * along
+            metal.append((_tube(np.stack([p, p + (0.03 if k % 6 == 0 else 0.016) * across]), np.full(2, 0.004)), 1.2))
+    if a.coin is not None:
+        metal.append((_ellipse(a.coin[:2], (a.coin[2], a.coin[2]), 0.0, 24), 2.0))
     landmarks = {
         "hyoid_body": hyoid_body,
         "epiglottis_axis": np.stack([centreline[0], centreline[-1]]),
@@ -665,11 +824,65 @@ def _rasterise(poly: np.ndarray, size: int) -> tuple[int, np.ndarray]:
 
 
 def _to_pixels(points: np.ndarray, a: StudyAnatomy, t: float, size: int) -> np.ndarray:
-    """Canonical normalised points [N, 2] -> pixel (x, y) in the image at phase ``t``."""
+    """Canonical normalised points [N, 2] -> pixel (x, y) in the image at phase ``t``: posed (the study's
+    similarity and motion) in the recording's square, mirrored when the patient faces right, then scaled by
+    ``letterbox`` about the centre (a 4:3 or 16:9 recording letterboxed into the square frame)."""
     amp, freq, phase = a.motion[:, 0], a.motion[:, 1], a.motion[:, 2]
     motion = amp * np.sin(2 * np.pi * freq * t + phase)
     posed = (points - _CENTRE) @ (a.scale * _rotation(a.rotation)).T + _CENTRE + a.shift + motion
-    return posed * size - 0.5
+    if a.mirror:
+        posed = posed * np.array([-1.0, 1.0]) + np.array([1.0, 0.0])
+    return (_CENTRE + a.letterbox * (posed - _CENTRE)) * size - 0.5
+
+
+def field_mask(a: StudyAnatomy, x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which pixel centres ``(x, y)`` (arrays of one shape, frame pixels) the X-rays reach, and their distance from
+    the field's centre relative to its radius (for the vignette).
+
+    The field is the intensifier's circle (``field_centre``, ``field_radius``) or a flat panel's square, in the
+    recording's square before mirroring; the collimator shutters cut each edge of its bounding box by ``shutters``
+    (left, top, right, bottom, fractions of its side); a letterboxed recording ends at its own top and bottom.
+    """
+    pu = 0.5 + ((np.asarray(x) + 0.5) / size - 0.5) / a.letterbox
+    pv = 0.5 + ((np.asarray(y) + 0.5) / size - 0.5) / a.letterbox
+    if a.mirror:
+        pu = 1.0 - pu
+    du, dv = pu - a.field_centre[0], pv - a.field_centre[1]
+    if a.flat_panel:
+        box = np.array([0.0, 0.0, 1.0, 1.0])
+        radius = np.hypot(du, dv) / 0.7
+        inside = (pu >= 0) & (pu <= 1)
+    else:
+        r = a.field_radius
+        box = np.array([a.field_centre[0] - r, a.field_centre[1] - r, a.field_centre[0] + r, a.field_centre[1] + r])
+        radius = np.hypot(du, dv) / r
+        inside = radius <= 1.0
+    side = box[2:] - box[:2]
+    left, top, right, bottom = a.shutters
+    inside &= (pu >= box[0] + left * side[0]) & (pu <= box[2] - right * side[0])
+    inside &= (pv >= box[1] + top * side[1]) & (pv <= box[3] - bottom * side[1])
+    inside &= (pv >= 0) & (pv <= 1)  # the recording's own top and bottom
+    return inside, radius
+
+
+@functools.lru_cache(maxsize=8)
+def _burned_in_text(text: tuple[tuple[int, int, str], ...], size: int) -> np.ndarray | None:
+    """Grey levels [size, size] (0: none) of the text the recorder burned into the frame's corners."""
+    if not text:
+        return None
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.new("L", (size, size), 0)
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    margin = max(2, size // 64)
+    for corner, grey, lines in text:
+        left, top, right, bottom = draw.multiline_textbbox((0, 0), lines, font=font, spacing=1)
+        x = margin if corner in (0, 3) else size - margin - (right - left)
+        y = margin if corner in (0, 1) else size - margin - (bottom - top)
+        draw.multiline_text((x - left, y - top), lines, fill=grey, font=font, spacing=1)
+    array = np.asarray(canvas)
+    array.flags.writeable = False
+    return array
 
 
 def _paint(canvas: np.ndarray, layers: list[tuple[np.ndarray, float]], a: StudyAnatomy, t: float) -> np.ndarray:
@@ -713,9 +926,7 @@ def render_frame(
     scene = _build_scene(anatomy, t)
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    centre = anatomy.field_centre * size - 0.5
-    radius = np.hypot(xx - centre[0], yy - centre[1]) / (anatomy.field_radius * size)
-    in_field = radius <= 1.0
+    in_field, radius = field_mask(anatomy, xx, yy, size)
 
     labels = np.zeros((len(tasks), size, size), dtype=np.uint8)
     for k, name in enumerate(tasks):
@@ -743,9 +954,13 @@ def render_frame(
     lift_speed = abs(_swallow_state(anatomy, t + 0.02)[0] - _swallow_state(anatomy, t - 0.02)[0]) / 0.5
     sigma = anatomy.blur_px * px
     image = ndimage.gaussian_filter(counts, (sigma + cfg.motion_blur_px * px * min(lift_speed, 1.0), sigma))
-    image = np.clip(anatomy.gain * image, 0, 1) ** anatomy.gamma
-    image *= (1 - anatomy.vignette * radius**2) * np.clip((1.0 - radius) * anatomy.field_radius * size, 0, 1)
-    return np.round(255 * image).astype(np.uint8), labels
+    image = np.clip(anatomy.gain * image * (1 - anatomy.vignette * np.minimum(radius, 1.0) ** 2), 0, 1)
+    image = image**anatomy.gamma * in_field
+    image = np.round(255 * image).astype(np.uint8)
+    text = _burned_in_text(anatomy.text, size)
+    if text is not None:
+        image = np.maximum(image, text)
+    return image, labels
 
 
 def simulate_study(

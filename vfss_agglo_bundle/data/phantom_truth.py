@@ -27,6 +27,7 @@ from vfss_agglo_bundle.data.phantom import (
     _Scene,
     _swallow_state,
     _to_pixels,
+    field_mask,
     sample_anatomy,
 )
 from vfss_agglo_bundle.data.swallow_events import INVERSION, ONSET, PEAK, PLATEAU, first_index
@@ -61,7 +62,7 @@ def _fine_masks(
     groups: Sequence[Sequence[np.ndarray]], a: StudyAnatomy, t: float, size: int
 ) -> tuple[list[np.ndarray], float]:
     """Rasterise groups of canonical polygons on a grid ``SUPERSAMPLING`` x finer than the frame, keeping only cells
-    inside the frame and its circular field (what an annotator can draw). Returns one bool grid per group (all on
+    inside the frame and its exposed field (what an annotator can draw). Returns one bool grid per group (all on
     the same grid) and the cell side in frame pixels."""
     polys = [_to_pixels(p, a, t, size) for group in groups for p in group]
     if not polys:
@@ -71,9 +72,7 @@ def _fine_masks(
     side = int(np.ceil((hi - lo).max() * SUPERSAMPLING)) + 1
     cols, rows = np.meshgrid(np.arange(side), np.arange(side))
     x, y = lo[0] + (cols + 0.5) / SUPERSAMPLING, lo[1] + (rows + 0.5) / SUPERSAMPLING
-    centre = a.field_centre * size - 0.5
-    visible = (np.hypot(x - centre[0], y - centre[1]) <= a.field_radius * size) & (x >= -0.5) & (y >= -0.5)
-    visible &= (x <= size - 0.5) & (y <= size - 0.5)
+    visible = field_mask(a, x, y, size)[0] & (x >= -0.5) & (y >= -0.5) & (x <= size - 0.5) & (y <= size - 0.5)
     grids = []
     for group in groups:
         grid = np.zeros((side, side), bool)

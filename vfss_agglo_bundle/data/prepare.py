@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 from vfss_agglo_bundle.data.datalist import build_datalist, check_tasks, load_datalist, validate_datalist
 from vfss_agglo_bundle.data.formats import read_frame, read_label, read_video, to_grey_uint8, write_frame, write_label
-from vfss_agglo_bundle.data.phantom import PhantomConfig, simulate_study
+from vfss_agglo_bundle.data.phantom import phantom_config, simulate_study
 from vfss_agglo_bundle.data.phantom_truth import study_truth
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, read_json, write_json
@@ -46,8 +46,12 @@ def synthesize_dataset(
     seed: int = 0,
     ratios: Sequence[float] = (0.7, 0.15, 0.15),
     tasks: Sequence[str] = DEFAULT_TASKS,
+    phantom: str = "v2",
 ) -> Path:
     """Write a phantom VFSS dataset and its datalist; returns the datalist path.
+
+    ``phantom``: ``v2`` (domain-randomised: field of view, facing, shutters, shoulders, text, letterboxing, ...) or
+    ``v1`` (its plain look), see :mod:`vfss_agglo_bundle.data.phantom`.
 
     Besides frames and labels, each study's ground-truth kinematics go to ``kinematics/<study>.json``
     (:func:`~vfss_agglo_bundle.data.phantom_truth.study_truth`). An interrupted run resumes: files already on disk are
@@ -57,7 +61,7 @@ def synthesize_dataset(
     datalist_path = out_dir / DATALIST_NAME
     if datalist_path.exists():
         raise FileExistsError(f"{datalist_path} already exists; delete {out_dir} or choose another folder.")
-    cfg = PhantomConfig(image_size=image_size, num_frames=frames)
+    cfg = phantom_config(phantom, image_size=image_size, num_frames=frames)
     items = []
     for s in tqdm(range(studies), desc="phantom studies", unit="study"):
         study = f"s{s:03d}"
@@ -74,6 +78,7 @@ def synthesize_dataset(
     datalist = build_datalist(items, tasks, image_size, ratios, seed)
     datalist["source"] = {
         "generator": "vfss_agglo_bundle.data.phantom",
+        "phantom": phantom,
         "seed": seed,
         "studies": studies,
         "frames": frames,
@@ -220,8 +225,10 @@ def ensure_dataset(
     image_size: int = 256,
     seed: int = 0,
     ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    phantom: str = "v2",
 ) -> str:
-    """Return ``dataset_dir/datalist.json``, generating a phantom dataset there first if it has none.
+    """Return ``dataset_dir/datalist.json``, generating a phantom dataset (``phantom`` v2 or v1) there first if it
+    has none.
 
     An existing datalist is used as it is, never rewritten, after checking its task list against ``tasks`` and every
     frame and label it names (``validate_datalist``): bad input stops the run before any work is done.
@@ -246,4 +253,4 @@ def ensure_dataset(
         logger.info("dataset: found %s, its frames and labels check out; skipping phantom generation", datalist_path)
         return str(datalist_path)
     logger.info("dataset: no datalist in %s, generating %d phantom studies x %d frames", dataset_dir, studies, frames)
-    return str(synthesize_dataset(dataset_dir, studies, frames, image_size, seed, ratios, tasks))
+    return str(synthesize_dataset(dataset_dir, studies, frames, image_size, seed, ratios, tasks, phantom))
