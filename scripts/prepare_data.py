@@ -68,10 +68,17 @@ def validate(datalist: str, tasks: list | None = None) -> None:
 
 
 def preview(
-    datalist: str, out: str, split: str = "training", num: int = 12, cols: int = 4, study: str | None = None
+    datalist: str,
+    out: str,
+    split: str = "training",
+    num: int = 12,
+    cols: int = 4,
+    study: str | None = None,
+    one_per_study: bool = False,
 ) -> str:
-    """Save a contact sheet PNG of frames with coloured label overlays."""
-    return str(prepare.preview_datalist(datalist, out, split, num, cols, study))
+    """Save a contact sheet PNG of frames with coloured label overlays (``split`` all: every split;
+    ``one_per_study``: the middle frame of each study)."""
+    return str(prepare.preview_datalist(datalist, out, split, num, cols, study, one_per_study))
 
 
 if __name__ == "__main__":

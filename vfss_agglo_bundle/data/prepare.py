@@ -199,16 +199,32 @@ def import_video_frames(
 
 
 def preview_datalist(
-    datalist: PathLike, out: PathLike, split: str = "training", num: int = 12, cols: int = 4, study: str | None = None
+    datalist: PathLike,
+    out: PathLike,
+    split: str = "training",
+    num: int = 12,
+    cols: int = 4,
+    study: str | None = None,
+    one_per_study: bool = False,
 ) -> Path:
-    """Save a contact sheet of frames with coloured label overlays and a task legend; returns its path."""
+    """Save a contact sheet of frames with coloured label overlays and a task legend; returns its path.
+
+    ``split``: a split of the datalist or ``all``; ``one_per_study``: the middle frame of each of the first ``num``
+    studies instead of ``num`` frames evenly spread over the split."""
     tasks = read_json(datalist).get("tasks") or list(DEFAULT_TASKS)
-    items = load_datalist(datalist, split)
+    splits = ("training", "validation", "test") if split == "all" else (split,)
+    items = [it for name in splits for it in load_datalist(datalist, name)]
     if study is not None:
         items = [it for it in items if it["study"] == study]
     if not items:
         raise ValueError(f"{datalist}: no {split!r} frames{f' of study {study!r}' if study else ''} to preview.")
-    picks = [items[i] for i in np.linspace(0, len(items) - 1, min(num, len(items))).round().astype(int)]
+    if one_per_study:
+        by_study: dict[str, list[dict]] = {}
+        for it in items:
+            by_study.setdefault(it["study"], []).append(it)
+        picks = [frames[len(frames) // 2] for frames in sorted(by_study.values(), key=lambda f: f[0]["study"])][:num]
+    else:
+        picks = [items[i] for i in np.linspace(0, len(items) - 1, min(num, len(items))).round().astype(int)]
     tiles = [overlay(read_frame(it["image"]), read_label(it["label"])) for it in picks]
     titles = [f"{it['study']} #{it['frame']}" for it in picks]
     sheet = contact_sheet(tiles, titles, cols)
