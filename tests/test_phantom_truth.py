@@ -3,7 +3,7 @@ the kinematics measured on those masks against the truth (the method's own error
 
 import numpy as np
 import pytest
-from vfss_agglo_bundle.data.phantom import PhantomConfig, simulate_study
+from vfss_agglo_bundle.data.phantom import PhantomConfig, sample_anatomy, simulate_study
 from vfss_agglo_bundle.data.phantom_truth import study_truth
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.kinematics import analyse, frame_geometry
@@ -20,7 +20,10 @@ def studies():
 
 @pytest.fixture(scope="module")
 def v2_studies():
-    seeds = (0, 1, 2, 3)  # 0: shutters left and right; 1: mirrored, 0.6 x magnification; 2, 3: flat panel, 4:3
+    seeds = (0, 1, 2, 3)
+    anatomies = [sample_anatomy(np.random.default_rng(seed), V2) for seed in seeds]
+    assert any(a.mirror for a in anatomies) and any(a.letterbox < 1 for a in anatomies)  # the knobs are covered
+    assert any(a.shutters.any() for a in anatomies) and any(a.flat_panel for a in anatomies)
     return {seed: (simulate_study(seed, V2), study_truth(seed, V2)) for seed in seeds}
 
 

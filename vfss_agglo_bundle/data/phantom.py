@@ -53,6 +53,7 @@ _PHARYNX_ENTRY = 0.36  # spine level where the bolus enters the pharynx from the
 _PHARYNX_END = 0.80  # spine level of the upper oesophageal sphincter (bottom of the pharynx label)
 _UES_TOP = 0.75  # spine level where the sphincter segment of the pharynx begins
 _UES_RAMP = 0.03  # phase the sphincter takes to open or close
+MAX_FILLINGS = 6
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ class PhantomConfig:
     skull_base: tuple[float, float] = (0.15, 0.6)  # density of the petrous ridge and mastoid above C1
     vertebra_contrast: tuple[float, float] = (0.45, 1.1)  # x the vertebrae's bone density (1: phantom v1)
     vertebra_spacing: float = 0.012  # jitter of each vertebra's level along the spine (v1: 0, even tiles)
-    fillings: tuple[int, int] = (0, 6)  # dental fillings (metal) on the teeth
+    facets: bool = True  # the articular pillars behind the vertebral bodies
+    fillings: tuple[int, int] = (0, 6)  # dental fillings (metal) on the teeth, at most MAX_FILLINGS
     text_probability: float = 0.8  # burned-in text (study, date, kV / mA, frame rate) in the frame's corners
     ruler_probability: float = 0.2  # a radio-opaque ruler in front of the neck
     coin_probability: float = 0.2  # a calibration coin in front of the neck
@@ -107,7 +109,7 @@ class PhantomConfig:
                   mirror_probability=0.0, flat_panel_probability=0.0, shutter_probability=0.0,
                   letterbox_probability=0.0, head_flex_deg=(0.0, 0.0), shoulder_top=(1.6, 1.6),
                   shoulder_density=(0.0, 0.0), cartilage=(0.0, 0.0), skull_base=(0.0, 0.0),
-                  vertebra_contrast=(1.0, 1.0), vertebra_spacing=0.0, fillings=(0, 0), text_probability=0.0,
+                  vertebra_contrast=(1.0, 1.0), vertebra_spacing=0.0, facets=False, fillings=(0, 0), text_probability=0.0,
                   ruler_probability=0.0, coin_probability=0.0)  # fmt: skip
         return cls(**{**v1, **overrides})
 
@@ -122,8 +124,10 @@ class PhantomConfig:
                      "text_probability", "ruler_probability", "coin_probability"):  # fmt: skip
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"PhantomConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.fillings[0] <= self.fillings[1]:
-            raise ValueError(f"PhantomConfig.fillings must be (low, high) with 0 <= low <= high, got {self.fillings}")
+        if not 0 <= self.fillings[0] <= self.fillings[1] <= MAX_FILLINGS:
+            raise ValueError(
+                f"PhantomConfig.fillings must be (low, high) with 0 <= low <= high <= {MAX_FILLINGS}, got {self.fillings}"
+            )
 
     @property
     def fps(self) -> float:
@@ -191,20 +195,22 @@ class StudyAnatomy:
     blur_px: float
     vignette: float
     clutter: np.ndarray  # [K, 6] u, v, radius u, radius v, angle, density (bone-like > 0, air < 0)
-    dense_dots: np.ndarray  # [D, 3] u, v, radius: fillings, earrings, skin markers
+    dense_dots: np.ndarray  # [D, 3] u, v, radius: earrings, skin markers (in the head: they turn with it)
     lines: np.ndarray  # [L, 4] u0, v0, u1, v1: glasses frames, head holder
     texture_seed: int
     # phantom v2 (defaults: phantom v1)
     mirror: bool = False
     flat_panel: bool = False
-    shutters: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(4))  # left, top, right, bottom insets
+    # collimator insets: left, top, right, bottom of the field before mirroring (left is on the right when mirrored)
+    shutters: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(4))
     letterbox: float = 1.0  # height / width of the recording (1, 0.75 or 0.5625): its scale in the square frame
-    head_flex: float = 0.0  # radians
+    head_flex: float = 0.0  # radians of the image-space turn about C1 (< 0: flexion, the chin down)
     shoulder_top: float = 1.6
     shoulder_density: float = 0.0
     cartilage: float = 0.0
     skull_base: float = 0.0
     vertebra_contrast: float = 1.0
+    facets: bool = False
     vertebra_levels: np.ndarray = dataclasses.field(default_factory=lambda: _VERTEBRA_LEVELS.copy())
     fillings: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3)))  # along teeth, lower?, radius
     ruler: np.ndarray | None = None  # [4] u, v, angle, length
@@ -298,12 +304,14 @@ _TEXT_LINES = ("VFSS {d:02d}/{m:02d}/2026", "kV {kv}  mA {ma:.1f}", "{fps} fps  
 def _sample_v2(rng: np.random.Generator, cfg: PhantomConfig) -> dict[str, object]:
     """The phantom v2 part of a study (:class:`PhantomConfig`'s v2 knobs)."""
     u = rng.uniform
-    draws = rng.random(8)  # mirror, flat panel, letterbox, letterbox kind, text, ruler, coin, spare
+    draws = rng.random(7)  # mirror, flat panel, letterbox, letterbox kind, text, ruler, coin
     shutters = np.where(rng.random(4) < cfg.shutter_probability, u(*cfg.shutter_inset, 4), 0.0)
-    num_fillings = int(rng.integers(cfg.fillings[0], cfg.fillings[1] + 1))
-    fillings = np.stack([u(0, 1, 6), rng.integers(0, 2, 6), u(0.006, 0.012, 6)], axis=1)[:num_fillings]
+    low, high = cfg.fillings  # one draw whatever the range (rng.integers takes none for an empty range)
+    num_fillings = low + min(int(rng.random() * (high - low + 1)), high - low)
+    fillings = np.stack([u(0, 1, MAX_FILLINGS), u(0, 1, MAX_FILLINGS) < 0.5, u(0.006, 0.012, MAX_FILLINGS)], axis=1)
+    fillings = fillings[:num_fillings]
     ruler = np.array([u(0.15, 0.35), u(0.55, 0.8), u(-0.3, 0.3), u(0.25, 0.4)])  # on the chin or in front of the neck
-    coin = np.array([u(0.15, 0.35), u(0.75, 0.95), u(0.025, 0.045)])
+    coin = np.array([u(0.2, 0.35), u(0.7, 0.85), u(0.025, 0.045)])  # taped to the neck or chin
     corners = rng.permutation(4)[:2]
     values = dict(d=int(rng.integers(1, 29)), m=int(rng.integers(1, 13)), kv=int(rng.integers(60, 90)),
                   ma=float(u(0.5, 3.0)), fps=int(rng.choice([15, 25, 30])), n=int(rng.integers(1, 9999)),
@@ -317,12 +325,13 @@ def _sample_v2(rng: np.random.Generator, cfg: PhantomConfig) -> dict[str, object
         flat_panel=bool(draws[1] < cfg.flat_panel_probability),
         shutters=shutters,
         letterbox=(0.75, 0.5625)[int(draws[3] < 0.5)] if draws[2] < cfg.letterbox_probability else 1.0,
-        head_flex=float(np.deg2rad(u(*cfg.head_flex_deg))),
+        head_flex=float(-np.deg2rad(u(*cfg.head_flex_deg))),  # image v points down: a negative turn drops the chin
         shoulder_top=float(u(*cfg.shoulder_top)),
         shoulder_density=float(u(*cfg.shoulder_density)),
         cartilage=float(u(*cfg.cartilage)),
         skull_base=float(u(*cfg.skull_base)),
         vertebra_contrast=float(u(*cfg.vertebra_contrast)),
+        facets=cfg.facets,
         vertebra_levels=_VERTEBRA_LEVELS + cfg.vertebra_spacing * u(-1, 1, 7),
         fillings=fillings,
         ruler=ruler if draws[5] < cfg.ruler_probability else None,
@@ -625,7 +634,7 @@ def _build_scene(a: StudyAnatomy, t: float) -> _Scene:
         bone.append((outline, 0.25 * density))
         body = _smooth(_ATLAS_ARCH if i == 0 else _BODY, 2)  # denser than the posterior elements
         bone.append((origins[i] + body[:, :1] * width * back + body[:, 1:] * height * down, 0.2 * density))
-        if i >= 2 and a.vertebra_contrast != 1.0:  # the articular pillar (facets) behind the body
+        if i >= 2 and a.facets:  # the articular pillar (facets) behind the body
             facet = _ellipse(np.array([1.45, 0.0]), (0.22, 0.42), 0.3, 12)
             bone.append((origins[i] + facet[:, :1] * width * back + facet[:, 1:] * height * down, 0.12 * density))
 
@@ -840,7 +849,8 @@ def field_mask(a: StudyAnatomy, x: np.ndarray, y: np.ndarray, size: int) -> tupl
     the field's centre relative to its radius (for the vignette).
 
     The field is the intensifier's circle (``field_centre``, ``field_radius``) or a flat panel's square, in the
-    recording's square before mirroring; the collimator shutters cut each edge of its bounding box by ``shutters``
+    recording's square before mirroring (a letterboxed recording of a flat panel shows its square image with black
+    sides, as a 16:9 capture of a square monitor does); the collimator shutters cut each edge of its bounding box by ``shutters``
     (left, top, right, bottom, fractions of its side); a letterboxed recording ends at its own top and bottom.
     """
     pu = 0.5 + ((np.asarray(x) + 0.5) / size - 0.5) / a.letterbox
@@ -866,8 +876,10 @@ def field_mask(a: StudyAnatomy, x: np.ndarray, y: np.ndarray, size: int) -> tupl
 
 
 @functools.lru_cache(maxsize=8)
-def _burned_in_text(text: tuple[tuple[int, int, str], ...], size: int) -> np.ndarray | None:
-    """Grey levels [size, size] (0: none) of the text the recorder burned into the frame's corners."""
+def _burned_in_text(text: tuple[tuple[int, int, str], ...], size: int, letterbox: float) -> np.ndarray | None:
+    """Grey levels [size, size] (0: none) of the text the recorder burned into the corners of its recording (a
+    letterboxed recording's corners are inside its band). Pillow's default bitmap font: the same bytes for one
+    Pillow version (pinned in constraints.txt)."""
     if not text:
         return None
     from PIL import Image, ImageDraw, ImageFont
@@ -875,10 +887,11 @@ def _burned_in_text(text: tuple[tuple[int, int, str], ...], size: int) -> np.nda
     canvas = Image.new("L", (size, size), 0)
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     margin = max(2, size // 64)
+    band_top = int(round(size * (1 - letterbox) / 2))
     for corner, grey, lines in text:
         left, top, right, bottom = draw.multiline_textbbox((0, 0), lines, font=font, spacing=1)
         x = margin if corner in (0, 3) else size - margin - (right - left)
-        y = margin if corner in (0, 1) else size - margin - (bottom - top)
+        y = band_top + margin if corner in (0, 1) else size - band_top - margin - (bottom - top)
         draw.multiline_text((x - left, y - top), lines, fill=grey, font=font, spacing=1)
     array = np.asarray(canvas)
     array.flags.writeable = False
@@ -917,7 +930,7 @@ def render_frame(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render the frame at swallow phase ``t`` in [0, 1].
 
-    Returns the image, uint8 [S, S] (dense is dark, black outside the circular field), and the labels,
+    Returns the image, uint8 [S, S] (dense is dark, black outside the exposed field but for burned-in text), and the labels,
     uint8 {0, 1} [T, S, S] in ``tasks`` order. ``rng`` draws the quantum noise only.
     """
     tasks = phantom_tasks(tasks)
@@ -957,7 +970,7 @@ def render_frame(
     image = np.clip(anatomy.gain * image * (1 - anatomy.vignette * np.minimum(radius, 1.0) ** 2), 0, 1)
     image = image**anatomy.gamma * in_field
     image = np.round(255 * image).astype(np.uint8)
-    text = _burned_in_text(anatomy.text, size)
+    text = _burned_in_text(anatomy.text, size, anatomy.letterbox)
     if text is not None:
         image = np.maximum(image, text)
     return image, labels
