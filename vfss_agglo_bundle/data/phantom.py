@@ -109,8 +109,8 @@ class PhantomConfig:
                   mirror_probability=0.0, flat_panel_probability=0.0, shutter_probability=0.0,
                   letterbox_probability=0.0, head_flex_deg=(0.0, 0.0), shoulder_top=(1.6, 1.6),
                   shoulder_density=(0.0, 0.0), cartilage=(0.0, 0.0), skull_base=(0.0, 0.0),
-                  vertebra_contrast=(1.0, 1.0), vertebra_spacing=0.0, facets=False, fillings=(0, 0), text_probability=0.0,
-                  ruler_probability=0.0, coin_probability=0.0)  # fmt: skip
+                  vertebra_contrast=(1.0, 1.0), vertebra_spacing=0.0, facets=False, fillings=(0, 0),
+                  text_probability=0.0, ruler_probability=0.0, coin_probability=0.0)  # fmt: skip
         return cls(**{**v1, **overrides})
 
     def __post_init__(self) -> None:
@@ -126,7 +126,8 @@ class PhantomConfig:
                 raise ValueError(f"PhantomConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.fillings[0] <= self.fillings[1] <= MAX_FILLINGS:
             raise ValueError(
-                f"PhantomConfig.fillings must be (low, high) with 0 <= low <= high <= {MAX_FILLINGS}, got {self.fillings}"
+                f"PhantomConfig.fillings must be (low, high) with 0 <= low <= high <= {MAX_FILLINGS}, "
+                f"got {self.fillings}"
             )
 
     @property
@@ -850,8 +851,9 @@ def field_mask(a: StudyAnatomy, x: np.ndarray, y: np.ndarray, size: int) -> tupl
 
     The field is the intensifier's circle (``field_centre``, ``field_radius``) or a flat panel's square, in the
     recording's square before mirroring (a letterboxed recording of a flat panel shows its square image with black
-    sides, as a 16:9 capture of a square monitor does); the collimator shutters cut each edge of its bounding box by ``shutters``
-    (left, top, right, bottom, fractions of its side); a letterboxed recording ends at its own top and bottom.
+    sides, as a 16:9 capture of a square monitor does); the collimator shutters cut each edge of its bounding box
+    by ``shutters`` (left, top, right, bottom, fractions of its side); a letterboxed recording ends at its own top
+    and bottom.
     """
     pu = 0.5 + ((np.asarray(x) + 0.5) / size - 0.5) / a.letterbox
     pv = 0.5 + ((np.asarray(y) + 0.5) / size - 0.5) / a.letterbox
@@ -930,8 +932,8 @@ def render_frame(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render the frame at swallow phase ``t`` in [0, 1].
 
-    Returns the image, uint8 [S, S] (dense is dark, black outside the exposed field but for burned-in text), and the labels,
-    uint8 {0, 1} [T, S, S] in ``tasks`` order. ``rng`` draws the quantum noise only.
+    Returns the image, uint8 [S, S] (dense is dark, black outside the exposed field but for burned-in text), and
+    the labels, uint8 {0, 1} [T, S, S] in ``tasks`` order. ``rng`` draws the quantum noise only.
     """
     tasks = phantom_tasks(tasks)
     size = cfg.image_size
