@@ -86,8 +86,8 @@ def test_mirroring_flips_image_content_and_labels(plain):
 def test_letterboxing_shrinks_the_scene_into_a_band(aspect):
     boxed = PhantomConfig.plain(image_size=SIZE, num_frames=1, letterbox_probability=1.0)
     seed = next(s for s in range(50) if sample_anatomy(np.random.default_rng(s), boxed).letterbox == aspect)
-    (image, labels), ((_, plain_labels),) = simulate_study(seed, boxed)[0], simulate_study(seed, boxed.plain(
-        image_size=SIZE, num_frames=1))  # fmt: skip
+    image, labels = simulate_study(seed, boxed)[0]
+    _, plain_labels = simulate_study(seed, PhantomConfig.plain(image_size=SIZE, num_frames=1))[0]
     check_rendered([(image, labels)])
     rows = np.flatnonzero(image.max(1) > 0)
     assert rows[-1] - rows[0] + 1 <= round(aspect * SIZE) + 1  # black above and below the recording

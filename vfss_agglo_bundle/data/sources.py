@@ -1,6 +1,5 @@
-"""What the `inferring` run reads (frames from a folder, one sub-folder per study or flat, or a video file decoded into
-memory), and the
-unlabelled frames stage 1 may distil on (`unlabelled_dir`: videos and frame folders)."""
+"""What the `inferring` run reads (frames from a folder, one sub-folder per study or flat, or a video file decoded
+into memory), and the unlabelled frames stage 1 may distil on (`unlabelled_dir`: videos and frame folders)."""
 
 from __future__ import annotations
 
