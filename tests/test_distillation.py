@@ -25,7 +25,6 @@ from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import Compose, RandAdjustContrastd, RandGaussianNoised
 from torch import nn
 from vfss_agglo_bundle.data.datalist import load_datalist
-from vfss_agglo_bundle.data.prepare import synthesize_dataset
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.data.transforms import ApplyViewd, LoadTeacherFeaturesd, LoadVFSSFramed
 from vfss_agglo_bundle.data.views import view_items
@@ -34,7 +33,8 @@ from vfss_agglo_bundle.handlers import EpochSeed, ResumeCheckpoint
 from vfss_agglo_bundle.losses import DistillationLoss, build_balancer
 from vfss_agglo_bundle.networks.adaptors import DistillationModel
 from vfss_agglo_bundle.networks.student import StudentEncoder
-from vfss_agglo_bundle.teachers.prepare import teacher_specs, view_strength
+from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
+from vfss_agglo_bundle.teachers.prepare import head_shapes, view_strength
 from vfss_agglo_bundle.teachers.registry import build_teachers
 from vfss_agglo_bundle.teachers.store import fill_store
 from vfss_agglo_bundle.utils.io import file_sha256
@@ -132,7 +132,7 @@ def make_run(
         ]
     loader = DataLoader(Dataset(store.items, Compose(transforms)), batch_size=BATCH, shuffle=shuffle, drop_last=True)
     student = StudentEncoder("efficientvit_b0", init_seed=init_seed)
-    model = DistillationModel(student, teacher_specs(store.readers), init_seed=init_seed)
+    model = DistillationModel(student, head_shapes(store.readers), init_seed=init_seed)
     balancer = build_balancer(balancing, TEACHERS, feature_dim=student.summary_dim, init_seed=init_seed)
     optimizer = torch.optim.AdamW(
         [
@@ -250,8 +250,8 @@ def test_online_teachers_give_the_stored_targets(store, teachers):
     from_teachers.trainer.run()
     for name in TEACHERS:
         (s_summary, s_dense), (o_summary, o_dense) = stored.targets[name], online.targets[name]
-        spec = teacher_specs(store.readers)[name]
-        assert s_dense.shape == o_dense.shape == (BATCH, spec.dense_dim, *spec.grid)
+        dense_dim, grid, _ = head_shapes(store.readers)[name]
+        assert s_dense.shape == o_dense.shape == (BATCH, dense_dim, *grid)
         torch.testing.assert_close(o_dense, s_dense, rtol=1e-3, atol=1e-3)
         assert (s_summary is None) == (o_summary is None) == (name == "medsam")
         if s_summary is not None:
@@ -363,7 +363,7 @@ def test_standardized_targets_are_what_the_loss_sees_and_their_stats_are_cached(
     fitted = store_standardizers(store.readers, kind)
     assert set(fitted) == set(TEACHERS)
     reader = store.readers["rad_dino"]
-    stats, record = reader.directory / f"standardize-{kind}.pt", reader.directory / f"standardize-{kind}.json"
+    stats, record = reader.statistics_files(kind)
     assert stats.is_file() and json.loads(record.read_text())["signature"] == reader.signature
     again = store_standardizers(store.readers, kind)  # read back from the cache, not refitted
     for name in TEACHERS:
@@ -405,7 +405,7 @@ def test_two_runs_fitting_the_same_store_at_once_both_get_the_stored_statistics(
     def fit_then_race(self, batches):
         fitted = fit(self, batches)
         name = next(order)
-        path = store.readers[name].directory / "standardize-phi_s.pt"
+        path, _ = store.readers[name].statistics_files("phi_s")
         other = standardize.PHIStandardizer(self.dim)
         other.load_state_dict({k: v + 1 for k, v in fitted.state_dict().items()})  # what the other run wrote
         other.save(path)

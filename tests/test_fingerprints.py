@@ -8,6 +8,8 @@ changed) instead of skipping with outputs trained under the old setting. Setting
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import monai.bundle
 import pytest
 import torch
 from conftest import ROOT
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.handlers import StatsHandler
 from monai.transforms import RandGaussianNoised
 from vfss_agglo_bundle.utils.io import file_sha256
 from vfss_agglo_bundle.workflow.fingerprint import describe, differences, fingerprint
@@ -33,8 +37,9 @@ def finished(tmp_path_factory) -> Path:
     return root
 
 
-def _stages(root: Path, **overrides) -> tuple:
-    """The two stages of `training` as its config builds them for ``root`` (nothing is run)."""
+def _stages(root: Path, appended: dict[str, dict] | None = None, **overrides) -> tuple:
+    """The two stages of `training` as its config builds them for ``root`` (nothing is run); ``appended``: config id
+    of a handler list -> a handler config appended to it, as MONAI's ``--tracking`` appends its handlers."""
     workflow = ConfigWorkflow(
         config_file="configs/train.yaml",
         workflow_type="train",
@@ -43,6 +48,8 @@ def _stages(root: Path, **overrides) -> tuple:
         bundle_root=str(root),
         **{**TINY, **overrides},
     )
+    for handlers, handler in (appended or {}).items():
+        workflow.parser[handlers].append(handler)
     workflow.initialize()
     for key in ("prepare_data", "teacher_store"):
         workflow.parser.get_parsed_content(key)
@@ -95,6 +102,35 @@ def test_settings_that_change_nothing_keep_the_fingerprints(finished, tmp_path, 
         other = _stages(moved, **overrides)
         assert [s.fingerprint for s in other] == [distill.fingerprint, segment.fingerprint], overrides
     assert segment.description["after"] == {"distillation": distill.fingerprint}
+
+
+STATS = {"_target_": "StatsHandler", "iteration_log": False, "tag_name": "extra"}  # MONAI's own, not ours
+
+
+@pytest.mark.slow
+def test_a_handler_appended_to_a_finished_stage_keeps_it_reused_and_resumable(finished, tmp_path, monkeypatch, caplog):
+    """Handlers that only watch a run (here MONAI's StatsHandler, appended to every handler list of both stages) are
+    not part of a stage's fingerprint: finished stages are still reused, and an interrupted one resumes."""
+    monkeypatch.chdir(ROOT)
+    appended = {"distill#handlers": STATS, "train#handlers": STATS, "validate#handlers": STATS}
+    plain = _stages(finished)
+    distill, segment = _stages(finished, appended)
+    for stage in (distill, segment):  # attached: the trainer's epoch end reaches MONAI's StatsHandler
+        attached = [h[0] for h in stage.engine._event_handlers[Events.EPOCH_COMPLETED]]
+        assert any(isinstance(getattr(h, "__self__", None), StatsHandler) for h in attached), stage.name
+    assert [s.fingerprint for s in (distill, segment)] == [s.fingerprint for s in plain]
+    assert distill.run() is False and segment.run() is False  # reused, as without the extra handler
+    # stage 2 stopped after its last epoch but before its record: it resumes from its checkpoint, and ends the same
+    interrupted = Path(shutil.copytree(finished, tmp_path / "interrupted"))
+    done = interrupted / "models/segmentation.done.json"
+    record = json.loads(done.read_text())
+    done.unlink()
+    _, segment = _stages(interrupted, appended)
+    with caplog.at_level(logging.INFO, logger="vfss_agglo_bundle"):
+        assert segment.run() is True
+    assert "resumed from" in caplog.text and "segmentation_resume.pt at epoch 1" in caplog.text
+    assert json.loads(done.read_text())["fingerprint"] == record["fingerprint"]
+    assert json.loads(done.read_text())["outputs"] == record["outputs"]
 
 
 def test_describe_relativises_paths_and_refers_to_repeated_objects(tmp_path):

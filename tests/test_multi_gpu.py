@@ -61,30 +61,51 @@ def _yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_overlay_disables_only_logging_handlers_and_keeps_the_initialisation():
-    train, overlay = _yaml(ROOT / "configs/train.yaml"), _yaml(OVERLAY)
-    disabled: dict[str, set[int]] = {}
-    for key, value in overlay.items():
-        match = re.fullmatch(r"(\w+)#handlers#(\d+)#_disabled_", key)
-        if match:
-            assert value == "@is_worker", key
-            disabled.setdefault(match[1], set()).add(int(match[2]))
-    assert set(disabled) == {"distill", "train", "validate"}
-    for section in ("distill", "train", "validate"):
-        handlers = train[section]["handlers"]
-        logging_ones = {i for i, h in enumerate(handlers) if h["_target_"] in LOGGING_HANDLERS}
-        assert disabled[section] == logging_ones, (section, [h["_target_"] for h in handlers])
+def _target(config: dict, ref: str) -> str:
+    """The ``_target_`` of the handler a ``"@section#name"`` reference names in ``config``."""
+    section, name = ref.removeprefix("@").split("#")
+    return config[section][name]["_target_"]
+
+
+def test_overlay_gives_workers_every_handler_but_the_logging_ones_found_by_name():
+    train, common, overlay = _yaml(ROOT / "configs/train.yaml"), _yaml(ROOT / "configs/common.yaml"), _yaml(OVERLAY)
+    assert not re.search(r"#\d", OVERLAY.read_text()), "the overlay addresses something by list position"
+    for section, engine, argument in [
+        ("distill", "trainer", "train_handlers"),
+        ("train", "trainer", "train_handlers"),
+        ("validate", "evaluator", "val_handlers"),
+    ]:
+        assert train[section][engine][argument] == f"@{section}#handlers"  # train.yaml: one list, all ranks
+        helper = overlay[f"{section}#{engine}#{argument}"]
+        assert helper["_target_"] == "vfss_agglo_bundle.utils.distributed.handlers_of_rank"
+        assert helper["handlers"] == f"@{section}#handlers"
+        listed = train[section]["handlers"]
+        assert all(ref.startswith(f"@{section}#") for ref in listed), listed  # by name, never inline
+        logging_ones = [ref for ref in listed if _target(train, ref) in LOGGING_HANDLERS]
+        assert helper["main_process_only"] == logging_ones, section
+    # the test block: every key of common.yaml's `test` is rebuilt (it is a macro in train.yaml), the report
+    # writer and the progress bar on rank 0 only
+    assert train["test"] == "%configs/common.yaml::test"
+    assert set(overlay["test"]) == set(common["test"])
+    for key in set(common["test"]) - {"handlers"}:
+        assert overlay["test"][key] == f"%configs/common.yaml::test#{key}", key
+    assert overlay["test"]["handlers"]["handlers"] == "%configs/common.yaml::test#handlers"
+    assert overlay["test"]["handlers"]["main_process_only"] == ["@test#report", "@test#progress"]
     # an overlay replaces whole top-level keys: every step of train.yaml's initialize must still be there
-    assert set(train["initialize"]) <= set(overlay["initialize"])
+    assert set(train["initialize"]) <= {step for step in overlay["initialize"] if isinstance(step, str)}
     assert overlay["finalize"] == ["$vfss_agglo_bundle.utils.distributed.shutdown_distributed()"]
     assert "DistributedDataParallel" in overlay["distill#network"]["_target_"]
     assert "DistributedDataParallel" in overlay["network"]["_target_"]
-    # the overlay rebuilds common.yaml's `test` block key by key (it is a macro in train.yaml): none may be missing
-    common_test = _yaml(ROOT / "configs/common.yaml")["test"]
-    assert train["test"] == "%configs/common.yaml::test"
-    assert set(overlay["test"]) == set(common_test) | {"all_handlers"}
-    for key in set(common_test) - {"handlers"}:
-        assert overlay["test"][key] == f"%configs/common.yaml::test#{key}", key
+
+
+def test_handlers_of_rank_keeps_the_order_and_drops_logging_handlers_on_workers(monkeypatch):
+    from vfss_agglo_bundle.utils import distributed
+
+    a, b, c, d = (object() for _ in range(4))
+    assert distributed.handlers_of_rank([a, b, c, d], main_process_only=[b, d]) == [a, b, c, d]  # rank 0
+    monkeypatch.setattr(distributed.idist, "get_rank", lambda: 1)
+    assert distributed.handlers_of_rank([a, b, c, d], main_process_only=[b, d]) == [a, c]
+    assert distributed.handlers_of_rank((a, b), main_process_only=[]) == [a, b]
 
 
 def _state(path: Path) -> dict:

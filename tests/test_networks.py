@@ -7,8 +7,8 @@ import torch
 from vfss_agglo_bundle.networks import (
     SUPPORTED_BACKBONES,
     DistillationModel,
+    HeadShape,
     StudentEncoder,
-    TeacherSpec,
     VFSSSegmenter,
     identify_backbone,
     resize_to_grid,
@@ -17,10 +17,10 @@ from vfss_agglo_bundle.networks import (
 # Tiny stand-ins for the real teachers' output grids (MedSAM 64x64, RAD-DINO 37x37 + CLS, MedCLIP 7x7 + summary)
 # plus a non-square one.
 TEACHERS = {
-    "medsam": TeacherSpec(dense_dim=32, grid=(64, 64)),
-    "rad_dino": TeacherSpec(dense_dim=24, grid=(37, 37), summary_dim=24),
-    "medclip": TeacherSpec(dense_dim=16, grid=(7, 7), summary_dim=12),
-    "odd": TeacherSpec(dense_dim=8, grid=(5, 9)),
+    "medsam": HeadShape(dense_dim=32, grid=(64, 64)),
+    "rad_dino": HeadShape(dense_dim=24, grid=(37, 37), summary_dim=24),
+    "medclip": HeadShape(dense_dim=16, grid=(7, 7), summary_dim=12),
+    "odd": HeadShape(dense_dim=8, grid=(5, 9)),
 }
 
 
@@ -144,7 +144,7 @@ def test_segmenter_is_scriptable():
 
 
 def test_segmenter_load_encoder_round_trip_and_mismatch(tmp_path):
-    distill = DistillationModel(StudentEncoder("efficientvit_b0"), {"medsam": TeacherSpec(8, (16, 16))})
+    distill = DistillationModel(StudentEncoder("efficientvit_b0"), {"medsam": HeadShape(8, (16, 16))})
     path = tmp_path / "student_encoder.pt"
     torch.save(distill.student.state_dict(), path)
 

@@ -1,10 +1,11 @@
-"""Tests for the synthetic VFSS study simulator (vfss_agglo_bundle.data.phantom)."""
+"""Tests for the synthetic VFSS study simulator (vfss_agglo_bundle.phantom)."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
-from vfss_agglo_bundle.data.phantom import KNOWN_STRUCTURES, PhantomConfig, render_frame, sample_anatomy, simulate_study
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.phantom.anatomy import KNOWN_STRUCTURES, PhantomConfig, sample_anatomy
+from vfss_agglo_bundle.phantom.render import render_frame, simulate_study
 
 CFG = PhantomConfig.plain(image_size=128)  # the anatomy and physics; the v2 knobs: test_phantom_v2.py
 SEEDS = range(6)

@@ -1,12 +1,13 @@
-"""The phantom's kinematic ground truth (vfss_agglo_bundle.data.phantom_truth) against its own rendered masks, and
+"""The phantom's kinematic ground truth (vfss_agglo_bundle.phantom.truth) against its own rendered masks, and
 the kinematics measured on those masks against the truth (the method's own error, within the issue's targets)."""
 
 import numpy as np
 import pytest
-from vfss_agglo_bundle.data.phantom import PhantomConfig, sample_anatomy, simulate_study
-from vfss_agglo_bundle.data.phantom_truth import study_truth
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.kinematics import analyse, frame_geometry
+from vfss_agglo_bundle.phantom.anatomy import PhantomConfig, sample_anatomy
+from vfss_agglo_bundle.phantom.render import simulate_study
+from vfss_agglo_bundle.phantom.truth import study_truth
 
 CFG = PhantomConfig.plain()  # 256 px, 24 frames over 3 s, at about one magnification, facing left, circular field
 V2 = PhantomConfig()  # the default: domain-randomised (mirrored, letterboxed, shuttered, magnified 0.55-1.2 x, ...)

@@ -1,10 +1,11 @@
-"""Phantom v2's domain randomisation (vfss_agglo_bundle.data.phantom): every knob at its extremes renders, the labels
+"""Phantom v2's domain randomisation (vfss_agglo_bundle.phantom): every knob at its extremes renders, the labels
 stay on the anatomy they label (checked against the same study with the knob off), and a seed gives the same bytes."""
 
 import numpy as np
 import pytest
-from vfss_agglo_bundle.data.phantom import PhantomConfig, sample_anatomy, simulate_study
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.phantom.anatomy import PhantomConfig, sample_anatomy
+from vfss_agglo_bundle.phantom.render import simulate_study
 
 SIZE, SEED = 96, 4
 VERTEBRAE = [DEFAULT_TASKS.index(f"c{k}") for k in range(1, 8)]

@@ -11,13 +11,9 @@ from conftest import ROOT
 from PIL import Image
 from vfss_agglo_bundle.data.datalist import SPLITS, validate_datalist
 from vfss_agglo_bundle.data.formats import read_frame, read_label
-from vfss_agglo_bundle.data.prepare import (
-    ensure_dataset,
-    import_mask_folder,
-    import_video_frames,
-    preview_datalist,
-    synthesize_dataset,
-)
+from vfss_agglo_bundle.data.prepare import import_mask_folder, preview_datalist
+from vfss_agglo_bundle.data.sources import import_video_frames
+from vfss_agglo_bundle.phantom.dataset import ensure_dataset, synthesize_dataset
 
 TASKS = ["bolus", "pharynx", "c2"]
 

@@ -45,7 +45,7 @@ runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
 # stage: (function whose call is killed, which call, a file the interrupted stage had not written yet,
 #         what the second run logs when it picks up the work done before the kill)
 KILL_POINTS = {
-    "data generation": ("vfss_agglo_bundle.data.prepare:write_frame", 6, "data/phantom/datalist.json",
+    "data generation": ("vfss_agglo_bundle.phantom.dataset:write_frame", 6, "data/phantom/datalist.json",
                         "generating 3 phantom studies"),
     "teacher caching": ("vfss_agglo_bundle.teachers.store:TeacherFeatureStore._write", 3, "logs",
                         "teacher medsam: 2 views to compute"),

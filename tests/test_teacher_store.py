@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
+from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
 from vfss_agglo_bundle.data.transforms import LoadTeacherFeaturesd
 from vfss_agglo_bundle.data.views import apply_view, view_params
 from vfss_agglo_bundle.teachers import store as store_module
 from vfss_agglo_bundle.teachers.registry import build_teachers
-from vfss_agglo_bundle.teachers.store import TeacherFeatureReader, TeacherFeatureStore, fill_store
+from vfss_agglo_bundle.teachers.store import TeacherFeatureStore, fill_store
 
 SIZE = 48
 HEADER_MAX = 256  # safetensors header bytes for one or two small tensors

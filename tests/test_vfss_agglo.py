@@ -15,7 +15,7 @@ import numpy as np
 from conftest import ROOT
 from monai.bundle import ConfigWorkflow
 from PIL import Image
-from vfss_agglo_bundle.data.prepare import synthesize_dataset
+from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
 TEST_CASE_TRAIN = {  # train, evaluate
     "image_size": 64,

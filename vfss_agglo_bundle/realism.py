@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 from skimage.filters import sobel
-from vfss_agglo_bundle.data.formats import to_grey_uint8
-from vfss_agglo_bundle.data.phantom import PhantomConfig, simulate_study
-from vfss_agglo_bundle.data.prepare import IMAGE_EXTENSIONS
+from vfss_agglo_bundle.data.formats import IMAGE_EXTENSIONS, to_grey_uint8
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.data.transforms import FIELD_THRESHOLD, exposed_field, frame_box, restore_masks, to_model_input
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+from vfss_agglo_bundle.phantom.anatomy import PhantomConfig
+from vfss_agglo_bundle.phantom.render import simulate_study
 from vfss_agglo_bundle.utils.io import PathLike, natural_key
 from vfss_agglo_bundle.visualize import contact_sheet, legend, overlay
 

@@ -7,13 +7,14 @@ import time
 from typing import Any
 
 from vfss_agglo_bundle.benchmark.machine import describe_machine
-from vfss_agglo_bundle.data.phantom import PHANTOM_VERSIONS, phantom_config, simulate_study
+from vfss_agglo_bundle.phantom.anatomy import PHANTOM_VERSIONS, phantom_config
+from vfss_agglo_bundle.phantom.render import simulate_study
 
 __all__ = ["phantom_speed"]
 
 
 def phantom_speed(image_size: int = 256, studies: int = 8, frames: int = 24) -> dict[str, Any]:
-    """Frames/s of :func:`~vfss_agglo_bundle.data.phantom.simulate_study` (image + 12 labels) for ``studies``
+    """Frames/s of :func:`~vfss_agglo_bundle.phantom.render.simulate_study` (image + 12 labels) for ``studies``
     studies of ``frames`` frames per phantom version.
 
     Returns ``{"machine", "settings", "rows": [{"phantom", "frames", "seconds", "cpu_seconds", "frames_per_s"}]}``.

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 from vfss_agglo_bundle.benchmark.machine import describe_machine
-from vfss_agglo_bundle.data.phantom import PhantomConfig, simulate_study
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+from vfss_agglo_bundle.phantom.anatomy import PhantomConfig
+from vfss_agglo_bundle.phantom.render import simulate_study
 from vfss_agglo_bundle.utils.io import read_json
 
 __all__ = ["VARIANTS", "video_throughput", "write_phantom_video"]

@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, atomic_path
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # frame files read from user folders
+
 
 def read_frame(path: PathLike) -> np.ndarray:
     """Read an 8-bit grey frame. Returns uint8 ``[H, W]``.

@@ -1,22 +1,28 @@
-"""Build VFSS datasets in the bundle's on-disk format: from the phantom, from per-structure mask exports, from videos.
+"""Bring user data into the bundle's on-disk format and check it: per-structure mask exports become a dataset
+(:func:`import_mask_folder`), an existing dataset is checked before a run uses it (:func:`check_dataset`), and a
+contact sheet previews a datalist (:func:`preview_datalist`).
 
-All writers refuse to overwrite an existing dataset or datalist (delete it, or choose another folder).
+Writers refuse to overwrite an existing dataset or datalist (delete it, or choose another folder).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 from vfss_agglo_bundle.data.datalist import build_datalist, check_tasks, load_datalist, validate_datalist
-from vfss_agglo_bundle.data.formats import read_frame, read_label, read_video, to_grey_uint8, write_frame, write_label
-from vfss_agglo_bundle.data.phantom import phantom_config, simulate_study
-from vfss_agglo_bundle.data.phantom_truth import study_truth
+from vfss_agglo_bundle.data.formats import (
+    IMAGE_EXTENSIONS,
+    read_frame,
+    read_label,
+    to_grey_uint8,
+    write_frame,
+    write_label,
+)
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, read_json, write_json
 from vfss_agglo_bundle.visualize import contact_sheet, legend, overlay, save_png
@@ -24,70 +30,12 @@ from vfss_agglo_bundle.visualize import contact_sheet, legend, overlay, save_png
 logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
-KINEMATICS_DIR = "kinematics"  # a phantom dataset's ground-truth kinematics, one JSON per study
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MAX_PROBLEMS_SHOWN = 10  # in the error ensure_dataset raises; `prepare_data.py validate` lists them all
+MAX_PROBLEMS_SHOWN = 10  # in the error check_dataset raises; `prepare_data.py validate` lists them all
 
 
-def study_seed(seed: int, study: int) -> int:
-    """Seed of one phantom study, independent of how many studies are generated."""
-    return int(np.random.SeedSequence([seed, study]).generate_state(1)[0])
-
-
-def _frame_paths(study: str, frame: int) -> tuple[str, str]:
+def frame_paths(study: str, frame: int) -> tuple[str, str]:
+    """Where a dataset keeps a study's frame and its label, relative to the dataset's folder: (image, label)."""
     return f"images/{study}/{frame:04d}.png", f"labels/{study}/{frame:04d}.nii.gz"
-
-
-def synthesize_dataset(
-    out_dir: PathLike,
-    studies: int = 12,
-    frames: int = 24,
-    image_size: int = 256,
-    seed: int = 0,
-    ratios: Sequence[float] = (0.7, 0.15, 0.15),
-    tasks: Sequence[str] = DEFAULT_TASKS,
-    phantom: str = "v2",
-) -> Path:
-    """Write a phantom VFSS dataset and its datalist; returns the datalist path.
-
-    ``phantom``: ``v2`` (domain-randomised: field of view, facing, shutters, shoulders, text, letterboxing, ...) or
-    ``v1`` (its plain look), see :mod:`vfss_agglo_bundle.data.phantom`.
-
-    Besides frames and labels, each study's ground-truth kinematics go to ``kinematics/<study>.json``
-    (:func:`~vfss_agglo_bundle.data.phantom_truth.study_truth`). An interrupted run resumes: files already on disk are
-    kept, and the datalist (written last) marks completion.
-    """
-    out_dir = Path(out_dir)
-    datalist_path = out_dir / DATALIST_NAME
-    if datalist_path.exists():
-        raise FileExistsError(f"{datalist_path} already exists; delete {out_dir} or choose another folder.")
-    cfg = phantom_config(phantom, image_size=image_size, num_frames=frames)
-    items = []
-    for s in tqdm(range(studies), desc="phantom studies", unit="study"):
-        study = f"s{s:03d}"
-        paths = [_frame_paths(study, f) for f in range(frames)]
-        if not all((out_dir / im).exists() and (out_dir / lb).exists() for im, lb in paths):
-            for f, (image, label) in enumerate(simulate_study(study_seed(seed, s), cfg, tasks)):
-                im, lb = paths[f]
-                write_label(out_dir / lb, label, overwrite=True)
-                write_frame(out_dir / im, image, overwrite=True)
-        truth_path = out_dir / KINEMATICS_DIR / f"{study}.json"
-        if not truth_path.exists():
-            write_json(truth_path, {"study": study, **study_truth(study_seed(seed, s), cfg)})
-        items += [{"image": im, "label": lb, "study": study, "frame": f} for f, (im, lb) in enumerate(paths)]
-    datalist = build_datalist(items, tasks, image_size, ratios, seed)
-    datalist["source"] = {
-        "generator": "vfss_agglo_bundle.data.phantom",
-        "phantom": phantom,
-        "seed": seed,
-        "studies": studies,
-        "frames": frames,
-        "fps": cfg.fps,
-        "kinematics": KINEMATICS_DIR,
-    }
-    write_json(datalist_path, datalist)
-    logger.info("wrote %d frames of %d phantom studies to %s", len(items), studies, out_dir)
-    return datalist_path
 
 
 def _load_grey(path: Path) -> np.ndarray:
@@ -159,7 +107,7 @@ def import_mask_folder(
                     f"but earlier frames are {size[0]}x{size[1]}; "
                     "pass image_size to resize all frames."
                 )
-            im, lb = _frame_paths(study_dir.name, index)
+            im, lb = frame_paths(study_dir.name, index)
             write_frame(out_dir / im, image)
             write_label(out_dir / lb, label)
             items.append({"image": im, "label": lb, "study": study_dir.name, "frame": index, "source": str(frame_file)})
@@ -169,33 +117,6 @@ def import_mask_folder(
     datalist = build_datalist(items, tasks, size[0], ratios, seed)
     write_json(datalist_path, datalist)
     return datalist_path
-
-
-def import_video_frames(
-    video: PathLike, out_dir: PathLike, study: str | None = None, every: int = 1, image_size: int | None = None
-) -> list[Path]:
-    """Write every ``every``-th frame of a video as grey PNG ``out_dir/images/<study>/<frame>.png``.
-
-    Frames are encoded on two threads while the next ones decode (PIL's PNG encoder releases the GIL)."""
-    video = Path(video)
-    study = study or video.stem
-    written = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = []
-        for index, frame in enumerate(tqdm(read_video(video), desc=f"frames of {video.name}", unit="frame")):
-            if index % every:
-                continue
-            if image_size is not None:
-                frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BILINEAR))
-            path = Path(out_dir) / "images" / study / f"{len(written):04d}.png"
-            # frames of a video are written once and read once: fast compression
-            pending.append(pool.submit(write_frame, path, frame, compress_level=1))
-            written.append(path)
-        for job in pending:
-            job.result()  # re-raise a failed write here
-    if not written:
-        raise DataFormatError(f"video {video} has no frames.")
-    return written
 
 
 def preview_datalist(
@@ -233,40 +154,22 @@ def preview_datalist(
     return Path(out)
 
 
-def ensure_dataset(
-    dataset_dir: PathLike,
-    tasks: Sequence[str] = DEFAULT_TASKS,
-    studies: int = 12,
-    frames: int = 24,
-    image_size: int = 256,
-    seed: int = 0,
-    ratios: Sequence[float] = (0.7, 0.15, 0.15),
-    phantom: str = "v2",
-) -> str:
-    """Return ``dataset_dir/datalist.json``, generating a phantom dataset (``phantom`` v2 or v1) there first if it
-    has none.
-
-    An existing datalist is used as it is, never rewritten, after checking its task list against ``tasks`` and every
-    frame and label it names (``validate_datalist``): bad input stops the run before any work is done.
+def check_dataset(datalist_path: PathLike, tasks: Sequence[str]) -> None:
+    """Check an existing dataset before a run uses it: its task list against ``tasks`` and every frame and label it
+    names (``validate_datalist``), so that bad input stops the run before any work is done.
 
     Raises:
         ValueError: the datalist was built for other tasks.
         DataFormatError: one error listing every problem found, each naming its file.
     """
-    datalist_path = Path(dataset_dir) / DATALIST_NAME
-    if datalist_path.exists():
-        check_tasks(read_json(datalist_path), tasks, datalist_path)
-        problems = validate_datalist(datalist_path, tasks)
-        if problems:
-            shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
-            hidden = len(problems) - MAX_PROBLEMS_SHOWN
-            more = f"\n  ... and {hidden} more" if hidden > 0 else ""
-            raise DataFormatError(
-                f"{datalist_path} cannot be used, {len(problems)} problem(s):\n  {shown}{more}\n"
-                f"Fix or re-import these files; `python scripts/prepare_data.py validate --datalist {datalist_path}` "
-                "lists every problem."
-            )
-        logger.info("dataset: found %s, its frames and labels check out; skipping phantom generation", datalist_path)
-        return str(datalist_path)
-    logger.info("dataset: no datalist in %s, generating %d phantom studies x %d frames", dataset_dir, studies, frames)
-    return str(synthesize_dataset(dataset_dir, studies, frames, image_size, seed, ratios, tasks, phantom))
+    check_tasks(read_json(datalist_path), tasks, datalist_path)
+    problems = validate_datalist(datalist_path, tasks)
+    if problems:
+        shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
+        hidden = len(problems) - MAX_PROBLEMS_SHOWN
+        more = f"\n  ... and {hidden} more" if hidden > 0 else ""
+        raise DataFormatError(
+            f"{datalist_path} cannot be used, {len(problems)} problem(s):\n  {shown}{more}\n"
+            f"Fix or re-import these files; `python scripts/prepare_data.py validate --datalist {datalist_path}` "
+            "lists every problem."
+        )

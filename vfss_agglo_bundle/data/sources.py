@@ -1,15 +1,18 @@
 """What the `inferring` run reads (frames from a folder, one sub-folder per study or flat, or a video file decoded
-into memory), and the unlabelled frames stage 1 may distil on (`unlabelled_dir`: videos and frame folders)."""
+into memory), the unlabelled frames stage 1 may distil on (`unlabelled_dir`: videos and frame folders), and a
+video's frames written out as PNGs (:func:`import_video_frames`)."""
 
 from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
-from vfss_agglo_bundle.data.formats import read_video, video_fps
-from vfss_agglo_bundle.data.prepare import IMAGE_EXTENSIONS, import_video_frames
+from vfss_agglo_bundle.data.formats import IMAGE_EXTENSIONS, read_video, video_fps, write_frame
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, natural_key
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,33 @@ def inference_items(source: PathLike, fps: float | None = None) -> list[dict]:
         raise FileNotFoundError(f"no frames ({', '.join(IMAGE_EXTENSIONS)}) under {source}.")
     logger.info("inference: %d frames of %d studies from %s", len(items), len(studies), source)
     return items
+
+
+def import_video_frames(
+    video: PathLike, out_dir: PathLike, study: str | None = None, every: int = 1, image_size: int | None = None
+) -> list[Path]:
+    """Write every ``every``-th frame of a video as grey PNG ``out_dir/images/<study>/<frame>.png``.
+
+    Frames are encoded on two threads while the next ones decode (PIL's PNG encoder releases the GIL)."""
+    video = Path(video)
+    study = study or video.stem
+    written = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = []
+        for index, frame in enumerate(tqdm(read_video(video), desc=f"frames of {video.name}", unit="frame")):
+            if index % every:
+                continue
+            if image_size is not None:
+                frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BILINEAR))
+            path = Path(out_dir) / "images" / study / f"{len(written):04d}.png"
+            # frames of a video are written once and read once: fast compression
+            pending.append(pool.submit(write_frame, path, frame, compress_level=1))
+            written.append(path)
+        for job in pending:
+            job.result()  # re-raise a failed write here
+    if not written:
+        raise DataFormatError(f"video {video} has no frames.")
+    return written
 
 
 UNLABELLED_PREFIX = "unlabelled-"

@@ -13,7 +13,7 @@ wired in ``configs/common.yaml``.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from monai.transforms import MapTransform
 from vfss_agglo_bundle.data.formats import read_frame, read_label
 from vfss_agglo_bundle.data.views import apply_view, view_params
+
+if TYPE_CHECKING:  # the reader (and safetensors) load only where features are read, not for inference
+    from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -203,19 +206,12 @@ class ApplyViewd(MapTransform):
         return d
 
 
-class FeatureReader(Protocol):
-    """What :class:`LoadTeacherFeaturesd` needs of a teacher feature store reader."""
-
-    def read(self, key: str, view: int = 0) -> dict[str, torch.Tensor]:
-        """``{"dense": [C, h, w], "summary": [D] (when the teacher has one)}`` of (frame ``key``, ``view``)."""
-
-
 class LoadTeacherFeaturesd(MapTransform):
     """Add stored teacher features to a data dict: ``f"{name}_dense"`` ``[C, h, w]`` and, when the teacher has
     one, ``f"{name}_summary"`` ``[D]`` (float32), for every reader.
 
     Args:
-        readers: teacher name -> reader of its store (``vfss_agglo_bundle.teachers.store.TeacherFeatureReader``).
+        readers: teacher name -> reader of its store.
         key_key: data key holding the frame key (``"s000/0000"``).
         view_key: data key holding the view index; a dict without it is read as view 0 (the identity).
         allow_missing_keys: pass through dicts that have no ``key_key``.
@@ -223,7 +219,7 @@ class LoadTeacherFeaturesd(MapTransform):
 
     def __init__(
         self,
-        readers: Mapping[str, FeatureReader],
+        readers: Mapping[str, TeacherFeatureReader],
         key_key: Hashable = "frame_key",
         view_key: Hashable = "view",
         allow_missing_keys: bool = False,

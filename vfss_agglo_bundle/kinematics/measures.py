@@ -10,8 +10,8 @@ rigid, its corner's offset from its centroid (in the centroid axes of C4 -> C2) 
 each frame's corner is its centroid plus that offset; the hyoid point is the mean of its pixels in a band near the
 corner plus the median offset from that mean to the corner pixels (in the spine axes).
 
-Events of a swallow (the thresholds are this bundle's choices, in :mod:`vfss_agglo_bundle.data.swallow_events`, shared
-with the phantom's truth, and documented in docs/kinematics.md):
+Events of a swallow (the thresholds are this bundle's choices, in :mod:`vfss_agglo_bundle.kinematics.swallow_events`,
+shared with the phantom's truth, and documented in docs/kinematics.md):
 
 - swallow onset: the first of two frames in a row with at least ``SWALLOW_AREA`` %(C2-4)^2 of bolus in the pharynx
   (more than the residue left by the previous swallow plus ``SWALLOW_AREA``); the swallow ends at swallow rest.
@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 from scipy.signal import savgol_filter
-from vfss_agglo_bundle.data.swallow_events import INVERSION, ONSET, PEAK, PLATEAU, first_index
 from vfss_agglo_bundle.kinematics.frame import FrameGeometry
+from vfss_agglo_bundle.kinematics.swallow_events import INVERSION, ONSET, PEAK, PLATEAU, first_index
 
 __all__ = ["NOT_COMPUTABLE", "UNITS", "analyse", "stabilise_landmarks"]
 

@@ -2,9 +2,9 @@
 FeatSharp).
 
 ``standardize: none | zscore | phi_s`` in train.yaml picks one for every teacher. The statistics are fitted once
-from the teacher's feature store (every stored frame and view) by :func:`store_standardizers` and cached in the
-store's folder (``standardize-<kind>.pt`` with ``standardize-<kind>.json`` naming the teacher signature they were
-fitted on); a cache whose signature differs from the store's is refused.
+from the teacher's feature store (every stored frame and view) by :func:`store_standardizers` and saved with the
+store through its reader (:meth:`~vfss_agglo_bundle.data.feature_store.TeacherFeatureReader.write_statistics`,
+which records the teacher signature they were fitted on); statistics of another signature are refused.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn as nn
-from vfss_agglo_bundle.utils.io import read_json, save_torch, write_json
+from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
+from vfss_agglo_bundle.utils.io import save_torch
 from vfss_agglo_bundle.utils.registry import check_name
 from vfss_agglo_bundle.utils.state_dict import read_state_dict
 
@@ -122,9 +122,13 @@ class _FittedStatistics(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> _FittedStatistics:
         """Read statistics written by :meth:`save`."""
-        state = read_state_dict(path, cls.LABEL)
+        return cls.from_state(read_state_dict(path, cls.LABEL), str(path))
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor], source: str) -> _FittedStatistics:
+        """Statistics from their buffers (``state_dict()``); ``source`` names where they came from in errors."""
         if any(key not in state for key in cls.KEYS):
-            raise ValueError(f"{path} is not a {cls.LABEL} file (expected keys {', '.join(cls.KEYS)})")
+            raise ValueError(f"{source} is not a {cls.LABEL} file (expected keys {', '.join(cls.KEYS)})")
         standardizer = cls(int(state["mean"].shape[0]))
         standardizer.load_state_dict(state, strict=True)
         return standardizer
@@ -248,30 +252,16 @@ STANDARDIZATIONS: dict[str, type[nn.Module] | None] = {
 }
 
 
-class StoreReader(Protocol):
-    """What :func:`store_standardizers` needs of a teacher feature store reader."""
-
-    directory: Path
-    signature: str
-    dense_dim: int
-
-    def stored(self) -> list[tuple[str, int]]:
-        """Every stored ``(frame key, view)``."""
-
-    def read(self, key: str, view: int = 0) -> dict[str, torch.Tensor]:
-        """``{"dense": [C, h, w], ...}`` of one stored view."""
-
-
 def check_standardization(name: str) -> None:
     """Raise a ``ValueError`` listing the choices when ``name`` is not ``none``, ``zscore`` or ``phi_s``."""
     check_name(name, STANDARDIZATIONS, "target standardisation")
 
 
-def store_standardizers(readers: Mapping[str, StoreReader], kind: str = "none") -> dict[str, Any]:
-    """One fitted standardizer per teacher store (``{}`` for ``kind="none"``), fitted once and cached in the store.
+def store_standardizers(readers: Mapping[str, TeacherFeatureReader], kind: str = "none") -> dict[str, Any]:
+    """One fitted standardizer per teacher store (``{}`` for ``kind="none"``), fitted once and saved with the store.
 
     Raises:
-        ValueError: an unknown ``kind``, or a cached file fitted on a store of another teacher signature.
+        ValueError: an unknown ``kind``, or saved statistics fitted on a store of another teacher signature.
     """
     check_standardization(kind)
     cls = STANDARDIZATIONS[kind]
@@ -279,25 +269,11 @@ def store_standardizers(readers: Mapping[str, StoreReader], kind: str = "none") 
         return {}
     fitted = {}
     for name, reader in readers.items():
-        stats, record = reader.directory / f"standardize-{kind}.pt", reader.directory / f"standardize-{kind}.json"
-        if record.exists():
-            meta = read_json(record)
-            if meta.get("signature") != reader.signature:
-                raise ValueError(
-                    f"{record} was fitted on teacher signature {meta.get('signature')!r}, but the store in "
-                    f"{reader.directory} is {reader.signature!r}; delete {record} and {stats} to refit them."
-                )
-        if stats.exists():
-            fitted[name] = cls.load(stats)
-            continue
-        items = reader.stored()
-        logger.info("%s statistics of teacher %s: fitting on %d stored views", kind, name, len(items))
-        standardizer = cls(reader.dense_dim).fit(reader.read(key, view)["dense"][None] for key, view in items)
-        try:
-            if not record.exists():
-                write_json(record, {"kind": kind, "teacher": name, "signature": reader.signature, "views": len(items)})
-            standardizer.save(stats)
-        except FileExistsError:  # another run sharing this store fitted it meanwhile: same store, same statistics
-            standardizer = cls.load(stats)
-        fitted[name] = standardizer
+        state = reader.read_statistics(kind)
+        if state is None:
+            items = reader.stored()
+            logger.info("%s statistics of teacher %s: fitting on %d stored views", kind, name, len(items))
+            standardizer = cls(reader.dense_dim).fit(reader.read(key, view)["dense"][None] for key, view in items)
+            state = reader.write_statistics(kind, standardizer.state_dict(), views=len(items))
+        fitted[name] = cls.from_state(state, f"{kind} statistics of teacher {name!r} in {reader.directory}")
     return fitted

@@ -5,8 +5,8 @@ from vfss_agglo_bundle.networks.adaptors import (
     DistillationModel,
     DistillationOutput,
     FeatureFusion,
+    HeadShape,
     SummaryAdaptor,
-    TeacherSpec,
     resize_to_grid,
 )
 from vfss_agglo_bundle.networks.decoder import LightDecoder
@@ -18,11 +18,11 @@ __all__ = [
     "DistillationModel",
     "DistillationOutput",
     "FeatureFusion",
+    "HeadShape",
     "LightDecoder",
     "SUPPORTED_BACKBONES",
     "StudentEncoder",
     "SummaryAdaptor",
-    "TeacherSpec",
     "VFSSSegmenter",
     "check_backbone",
     "identify_backbone",

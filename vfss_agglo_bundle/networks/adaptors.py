@@ -16,7 +16,7 @@ neck, which made distillation head-bound on CPU (the student itself is 0.23 GFLO
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -24,7 +24,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from vfss_agglo_bundle.networks.student import StudentEncoder
-from vfss_agglo_bundle.teachers.base import TeacherSpec
 from vfss_agglo_bundle.utils.random import seeded
 
 __all__ = [
@@ -32,9 +31,23 @@ __all__ = [
     "DistillationModel",
     "DistillationOutput",
     "FeatureFusion",
+    "HeadShape",
     "SummaryAdaptor",
     "resize_to_grid",
 ]
+
+
+class HeadShape(NamedTuple):
+    """What one teacher's adaptor heads predict, in plain numbers.
+
+    dense_dim: channels of the teacher's dense map.
+    grid: ``(h, w)`` of the dense map (as stored in the feature store).
+    summary_dim: length of the teacher's summary vector, or None when it has none (no summary head).
+    """
+
+    dense_dim: int
+    grid: tuple[int, int]
+    summary_dim: int | None = None
 
 
 class DistillationOutput(NamedTuple):
@@ -120,9 +133,9 @@ class DistillationModel(nn.Module):
 
     Args:
         student: the encoder being distilled; ``self.student.state_dict()`` is what stage 1 saves.
-        specs: teacher name -> :class:`~vfss_agglo_bundle.teachers.base.TeacherSpec` of what its head predicts
-            (e.g. ``teachers.prepare.teacher_specs(readers)``). Empty: the model is just the student and
-            ``forward`` returns ``{}`` (from-scratch baseline).
+        heads: teacher name -> ``(dense_dim, (h, w), summary_dim or None)``, the :class:`HeadShape` of what its
+            heads predict (e.g. ``teachers.prepare.head_shapes(readers)``, read from the feature store). Empty: the
+            model is just the student and ``forward`` returns ``{}`` (from-scratch baseline).
         hidden_dim: hidden width of every head; default ``max`` over the teachers' dense and summary dims.
         fusion_dim: width of the fused stride-8 map.
         init_seed: the neck and heads are drawn from the stream ``(init_seed, "adaptors")`` (``None``: torch's
@@ -135,26 +148,26 @@ class DistillationModel(nn.Module):
     def __init__(
         self,
         student: StudentEncoder,
-        specs: Mapping[str, TeacherSpec],
+        heads: Mapping[str, Sequence],
         hidden_dim: int | None = None,
         fusion_dim: int = 128,
         init_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.student = student
-        self.specs = {name: TeacherSpec(*spec) for name, spec in specs.items()}
+        self.heads = {name: HeadShape(int(d), (int(g[0]), int(g[1])), s) for name, (d, g, s) in heads.items()}
         self.fusion: FeatureFusion | None = None
         self.dense_heads = nn.ModuleDict()
         self.summary_heads = nn.ModuleDict()
-        if not self.specs:
+        if not self.heads:
             return
         if hidden_dim is None:
-            dims = [s.dense_dim for s in self.specs.values()]
-            dims += [s.summary_dim for s in self.specs.values() if s.summary_dim is not None]
+            dims = [s.dense_dim for s in self.heads.values()]
+            dims += [s.summary_dim for s in self.heads.values() if s.summary_dim is not None]
             hidden_dim = max(dims)
         with seeded(init_seed, "adaptors"):
             self.fusion = FeatureFusion(student.channels, fusion_dim)
-            for name, spec in self.specs.items():
+            for name, spec in self.heads.items():
                 self.dense_heads[name] = DenseAdaptor(fusion_dim, spec.dense_dim, spec.grid, hidden_dim)
                 if spec.summary_dim is not None:
                     self.summary_heads[name] = SummaryAdaptor(student.summary_dim, spec.summary_dim, hidden_dim)

@@ -5,13 +5,12 @@ Importing this package imports no teacher family: each family's module and libra
 
 from vfss_agglo_bundle.teachers.base import Teacher, TeacherBuilder, TeacherOutput, TeacherSpec
 from vfss_agglo_bundle.teachers.registry import TEACHERS, build_teacher, build_teachers, expected_weight_path
-from vfss_agglo_bundle.teachers.store import TeacherFeatureReader, TeacherFeatureStore, fill_store
+from vfss_agglo_bundle.teachers.store import TeacherFeatureStore, fill_store
 
 __all__ = [
     "TEACHERS",
     "Teacher",
     "TeacherBuilder",
-    "TeacherFeatureReader",
     "TeacherFeatureStore",
     "TeacherOutput",
     "TeacherSpec",

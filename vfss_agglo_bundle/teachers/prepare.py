@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 from vfss_agglo_bundle.data.datalist import load_datalist
+from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
-from vfss_agglo_bundle.teachers.base import TeacherSpec
 from vfss_agglo_bundle.teachers.registry import build_teachers
-from vfss_agglo_bundle.teachers.store import TeacherFeatureReader, fill_store
+from vfss_agglo_bundle.teachers.store import fill_store
+from vfss_agglo_bundle.utils.distributed import main_process_first
 
-__all__ = ["prepare_teacher_store", "signatures", "teacher_specs", "view_strength"]
+__all__ = ["head_shapes", "prepare_teacher_store", "signatures", "view_strength"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,29 +57,31 @@ def prepare_teacher_store(
         logger.info("teacher store: no teachers configured (from-scratch baseline), nothing to cache")
         return {}
     items = load_datalist(datalist_file, "training", tasks) + list(extra_items)
-    models = build_teachers(list(teachers), teacher_dir, preset)
     loader = LoadVFSSFramed(keys=("image",), image_size=image_size)
     logger.info(
         "teacher store: %s over %d frames (%d training, %d unlabelled) x %d views in %s",
         list(teachers), len(items), len(items) - len(extra_items), len(extra_items), views, cache_dir,
     )  # fmt: skip
-    readers = fill_store(
-        models,
-        items,
-        cache_dir,
-        lambda item: loader(item)["image"],
-        views=views,
-        grid=grid,
-        batch_size=batch_size,
-        device=device,
-    )
-    del models
+    with main_process_first():  # under torchrun, rank 0 fills the store; the other ranks then find it complete
+        models = build_teachers(list(teachers), teacher_dir, preset)
+        readers = fill_store(
+            models,
+            items,
+            cache_dir,
+            lambda item: loader(item)["image"],
+            views=views,
+            grid=grid,
+            batch_size=batch_size,
+            device=device,
+        )
+        del models
     return readers
 
 
-def teacher_specs(readers: Mapping[str, TeacherFeatureReader]) -> dict[str, TeacherSpec]:
-    """The adaptor head shapes of each stored teacher, read from its store (no teacher loaded)."""
-    return {name: reader.spec for name, reader in readers.items()}
+def head_shapes(readers: Mapping[str, TeacherFeatureReader]) -> dict[str, tuple[int, tuple[int, int], int | None]]:
+    """Teacher name -> ``(dense_dim, stored grid (h, w), summary_dim or None)``: what its adaptor heads predict, read
+    from its store (no teacher loaded; ``networks.adaptors.DistillationModel``'s ``heads``)."""
+    return {name: (reader.dense_dim, reader.grid, reader.summary_dim) for name, reader in readers.items()}
 
 
 def signatures(readers: Mapping[str, TeacherFeatureReader]) -> dict[str, str]:

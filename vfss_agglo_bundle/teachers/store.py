@@ -1,19 +1,7 @@
-"""On-disk store of precomputed teacher features, so distillation can run without loading any teacher.
+"""Filling the teacher feature store: run each frozen teacher once over the frames and write what it gives.
 
-Layout (one folder per teacher and signature)::
-
-    <root>/<teacher name>-<signature[:12]>/
-        meta.json                      # full signature, name, dims, stored grid, views, pooling, dtype
-        <study>/<frame>.v<view>.safetensors
-
-Each ``.safetensors`` file holds one (frame, view): ``dense`` ``[C, h, w]`` float16 and, when the teacher has
-one, ``summary`` ``[D]`` float16. One file per item because it is written atomically (temporary file in the same
-folder, then ``os.replace``): a file that exists is complete, so completeness is checked by presence, an
-interrupted fill resumes where it stopped, and a reader never sees a half-written item. safetensors reads
-by memory map with a tiny header (no pickle, no zip), which keeps DataLoader workers fast; dense and summary
-travel in the same file so they can never disagree.
-
-Features are keyed by (teacher signature, frame key, view). View ``v`` of frame ``k`` is the teacher run on
+The layout and the reader are in :mod:`vfss_agglo_bundle.data.feature_store`. Features are keyed by (teacher
+signature, frame key, view). View ``v`` of frame ``k`` is the teacher run on
 ``apply_view(image, view_params(k, v, **view_strength))`` (see :mod:`vfss_agglo_bundle.data.views`); view 0 is
 the unaugmented frame. The dense map may be average-pooled to a coarser grid to save disk. A store whose
 ``meta.json`` does not match the teacher (signature, grid, pooling, view strength) is refused, never reused.
@@ -30,21 +18,27 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 from vfss_agglo_bundle.data.datalist import frame_key
+from vfss_agglo_bundle.data.feature_store import (
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    TeacherFeatureReader,
+    feature_path,
+    read_meta,
+    store_directory,
+)
 from vfss_agglo_bundle.data.views import DEFAULT_VIEW_STRENGTH, apply_view, view_params
-from vfss_agglo_bundle.teachers.base import Teacher, TeacherSpec
+from vfss_agglo_bundle.teachers.base import Teacher
 from vfss_agglo_bundle.utils.io import atomic_path, write_json
 
-__all__ = ["TeacherFeatureReader", "TeacherFeatureStore", "fill_store", "store_directory"]
+__all__ = ["TeacherFeatureStore", "fill_store", "stored_grid"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "vfss-agglo-teacher-features"
-FORMAT_VERSION = 1
-META_FILE = "meta.json"
 GridSpec = int | Sequence[int] | None
 # meta.json fields that must match for a store to be reused; "views" may grow.
 COMPATIBLE_FIELDS = (
@@ -62,19 +56,6 @@ COMPATIBLE_FIELDS = (
 )
 
 
-def store_directory(root: str | os.PathLike, name: str, signature: str) -> Path:
-    """``<root>/<name>-<signature[:12]>``: the folder of one teacher's features."""
-    return Path(root) / f"{name}-{signature[:12]}"
-
-
-def feature_path(directory: Path, key: str, view: int) -> Path:
-    """File of (frame ``key``, ``view``) in a store folder; ``key`` is a relative path like ``s000/0000``."""
-    parts = str(key).split("/")
-    if any(part in ("", ".", "..") or "\\" in part for part in parts):
-        raise ValueError(f"frame key {key!r} is not a relative path of plain names (like 's000/0000').")
-    return directory.joinpath(*parts[:-1], f"{parts[-1]}.v{int(view)}.safetensors")
-
-
 def stored_grid(native: Sequence[int], grid: GridSpec) -> tuple[int, int]:
     """The grid to store: ``native`` when ``grid`` is None, else ``grid`` clipped to at most ``native`` per axis."""
     if grid is None:
@@ -87,14 +68,6 @@ def stored_grid(native: Sequence[int], grid: GridSpec) -> tuple[int, int]:
 
 def _json_normal(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
-
-
-def _read_meta(directory: Path) -> dict[str, Any]:
-    path = directory / META_FILE
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is corrupt ({e}); delete {directory} and fill the store again.") from e
 
 
 class TeacherFeatureStore:
@@ -149,7 +122,7 @@ class TeacherFeatureStore:
     def _open(self) -> None:
         meta_path = self.directory / META_FILE
         if meta_path.is_file():
-            found = _read_meta(self.directory)
+            found = read_meta(self.directory)
             differ = [f for f in COMPATIBLE_FIELDS if found.get(f) != self.meta[f]]
             if differ:
                 details = "; ".join(f"{f}: stored {found.get(f)!r}, wanted {self.meta[f]!r}" for f in differ)
@@ -242,87 +215,6 @@ class TeacherFeatureStore:
     def reader(self) -> TeacherFeatureReader:
         """A reader of this store."""
         return TeacherFeatureReader(self.directory.parent, self.teacher.name, self.teacher.signature)
-
-
-class TeacherFeatureReader:
-    """Reads one teacher's stored features without loading the teacher (picklable, for DataLoader workers).
-
-    Args:
-        root: the cache root given to the store.
-        name: teacher name.
-        signature: the teacher's full signature; ``None`` picks the only store of ``name`` under ``root``.
-
-    Attributes:
-        meta: the store's ``meta.json``; ``dense_dim``, ``grid``, ``summary_dim``, ``views`` and
-            ``view_strength`` are read from it.
-    """
-
-    def __init__(self, root: str | os.PathLike, name: str, signature: str | None = None) -> None:
-        root = Path(root)
-        if signature is None:
-            found = sorted(p for p in root.glob(f"{name}-*") if (p / META_FILE).is_file())
-            if len(found) != 1:
-                raise FileNotFoundError(
-                    f"expected exactly one feature store for teacher {name!r} under {root}, found "
-                    f"{[p.name for p in found]}; pass the teacher signature, or fill the store "
-                    "(scripts/cache_teachers.py)."
-                )
-            self.directory = found[0]
-        else:
-            self.directory = store_directory(root, name, signature)
-        if not (self.directory / META_FILE).is_file():
-            raise FileNotFoundError(
-                f"no teacher feature store at {self.directory} (no {META_FILE}); fill it first with "
-                "scripts/cache_teachers.py or vfss_agglo_bundle.teachers.store.fill_store."
-            )
-        self.meta = _read_meta(self.directory)
-        if self.meta.get("name") != name or (signature is not None and self.meta.get("signature") != signature):
-            raise ValueError(
-                f"{self.directory / META_FILE} belongs to teacher {self.meta.get('name')!r} with signature "
-                f"{self.meta.get('signature')}, not {name!r} with {signature}; delete the folder and fill it again."
-            )
-        self.name = name
-        self.signature: str = self.meta["signature"]
-        self.dense_dim: int = self.meta["dense_dim"]
-        self.grid: tuple[int, int] = tuple(self.meta["grid"])
-        self.summary_dim: int | None = self.meta["summary_dim"]
-        self.views: int = self.meta["views"]
-        self.view_strength: dict[str, Any] = self.meta["view_strength"]
-
-    @property
-    def spec(self) -> TeacherSpec:
-        """Shapes of the stored features (the stored grid), which the teacher's adaptor head must predict."""
-        return TeacherSpec(self.dense_dim, self.grid, self.summary_dim)
-
-    def path(self, key: str, view: int = 0) -> Path:
-        """File of (frame ``key``, ``view``)."""
-        return feature_path(self.directory, key, view)
-
-    def stored(self) -> list[tuple[str, int]]:
-        """Every ``(frame key, view)`` on disk, sorted."""
-        found = []
-        for path in sorted(self.directory.rglob("*.safetensors")):
-            stem, _, view = path.name.removesuffix(".safetensors").rpartition(".v")
-            found.append(((path.parent / stem).relative_to(self.directory).as_posix(), int(view)))
-        return found
-
-    def has(self, key: str, view: int = 0) -> bool:
-        """Whether (frame ``key``, ``view``) is stored."""
-        return self.path(key, view).is_file()
-
-    def missing(self, keys: Iterable[str], views: int | None = None) -> list[tuple[str, int]]:
-        """``(key, view)`` pairs among ``keys`` x ``range(views)`` (default: the store's views) not on disk."""
-        return [(k, v) for k in keys for v in range(self.views if views is None else views) if not self.has(k, v)]
-
-    def read(self, key: str, view: int = 0) -> dict[str, Tensor]:
-        """``{"dense": [C, h, w] float32, "summary": [D] float32 (if stored)}`` of (frame ``key``, ``view``)."""
-        path = self.path(key, view)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"teacher {self.name!r} has no features for frame {key!r} view {view} ({path}); fill the store "
-                f"for these items and views with scripts/cache_teachers.py."
-            )
-        return {name: tensor.float() for name, tensor in load_file(str(path)).items()}
 
 
 def fill_store(

@@ -10,8 +10,11 @@ What is left out, on purpose, because it does not change a result:
 
 - where things are: absolute paths are written relative to the roots they lie under (``<bundle_root>/...``),
   so a bundle folder can be moved or copied;
-- how a run is executed or watched: ``device``, DataLoader worker settings, the rank, loggers, and the handlers
-  in ``OBSERVERS`` (progress bars, console and TensorBoard statistics, the resume checkpoint);
+- how a run is executed or watched: ``device``, DataLoader worker settings, the rank, loggers, and every handler
+  the stage's ``defines`` does not name. A stage names the handlers that change its result (learning-rate
+  schedule, validation, epoch seeding, the best checkpoint's metric) in its config; the others only watch or
+  persist the run (progress bars, console, TensorBoard or MLflow statistics, the resume checkpoint), ours or not,
+  so adding one, as MONAI's ``--tracking`` does, leaves every fingerprint as it is;
 - random states (``Randomizable.R``, generators): they are re-seeded from ``seed``, which is part of every stage;
 - parameter values: a network is described by its structure, parameter shapes and ``requires_grad`` flags and
   its buffers (the initial weights follow from the seed and, in stage 2, from the stage-1 output, whose
@@ -40,14 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine.events import State
-from ignite.handlers import ProgressBar
-from monai.handlers import StatsHandler, TensorBoardStatsHandler
-from vfss_agglo_bundle.handlers import ProgressHandler, ResumeCheckpoint
 
-__all__ = ["OBSERVERS", "describe", "differences", "fingerprint"]
+__all__ = ["describe", "differences", "fingerprint"]
 
-# handlers that only watch or persist a run: they never change what it computes
-OBSERVERS: tuple[type, ...] = (ProgressBar, ProgressHandler, ResumeCheckpoint, StatsHandler, TensorBoardStatsHandler)
 # attribute names whose values never change a result
 IGNORED = frozenset(
     {
@@ -67,7 +65,7 @@ IGNORED = frozenset(
     }
 )
 RANDOM_STATES = (np.random.RandomState, np.random.Generator, torch.Generator, random.Random)
-SKIPPED = (logging.Logger, *RANDOM_STATES, *OBSERVERS)  # attribute values left out with their names
+SKIPPED = (logging.Logger, *RANDOM_STATES)  # attribute values left out with their names
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -137,10 +135,9 @@ class _Describer:
 
     def _container(self, obj: Any) -> Any:
         if isinstance(obj, Mapping):
-            return {str(k): self.at(k, v) for k, v in obj.items() if not isinstance(v, OBSERVERS)}
+            return {str(k): self.at(k, v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
-            kept = [v for v in obj if not isinstance(v, OBSERVERS)]
-            return [self.at(i, v) for i, v in enumerate(kept)]
+            return [self.at(i, v) for i, v in enumerate(obj)]
         if isinstance(obj, (set, frozenset)):
             return sorted((self(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True, default=str))
         if isinstance(obj, functools.partial):

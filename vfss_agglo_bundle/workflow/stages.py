@@ -44,9 +44,11 @@ class Stage:
         name: stage name (``distillation``, ``segmentation``); its record is ``<ckpt_dir>/<name>.done.json``.
         ckpt_dir: folder of outputs and records.
         engine: the Ignite engine to run.
-        defines: the resolved components that define the result, typically the engine itself and its handlers
-            (``{"trainer": "@distill#trainer", "handlers": "@distill#handlers"}``), plus values from outside the
-            subtree (``seed``, datalist sha256). All of it is described into the fingerprint.
+        defines: the resolved components that define the result: the engine itself, the handlers that change
+            what it computes, by name (``{"trainer": "@distill#trainer", "handlers": {"lr_schedule":
+            "@distill#lr_schedule", ...}}``), plus values from outside the subtree (``seed``, datalist sha256). All
+            of it is described into the fingerprint; handlers it does not name (progress, statistics, TensorBoard,
+            MLflow, the resume checkpoint) are not, so adding or removing one keeps a finished stage reusable.
         roots: folders whose location is not part of the fingerprint (``bundle_root``, ``dataset_dir``, ...).
         outputs: file name (in ``ckpt_dir``) -> module whose state dict is saved there when the stage finishes,
             or ``None`` for a file the engine's handlers wrote (the best checkpoint); every one is hashed.
@@ -54,8 +56,8 @@ class Stage:
         enabled: ``False`` skips the stage (it then has no fingerprint and no outputs).
         skip_reason: logged when the stage is disabled.
         record: the run record the stage writes its settings and fingerprint to when it starts.
-        resume: the engine's resume checkpoint handler; the stage gives it its fingerprint, so a checkpoint
-            written under another configuration is refused instead of resumed.
+        resume: the engine's resume checkpoint handler (by name: ``"@distill#resume"``); the stage gives it its
+            fingerprint, so a checkpoint written under another configuration is refused instead of resumed.
         before: called once before the engine runs (not when the stage is skipped), e.g. to load an upstream
             stage's output into the network (before a resume checkpoint restores a later state).
     """

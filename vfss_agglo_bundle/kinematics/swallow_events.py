@@ -1,5 +1,5 @@
 """The thresholds that define a swallow's events (docs/kinematics.md), in one place for the two rooms that apply
-them: the phantom's ground truth (:mod:`vfss_agglo_bundle.data.phantom_truth`, on the simulator's geometry) and the
+them: the phantom's ground truth (:mod:`vfss_agglo_bundle.phantom.truth`, on the simulator's geometry) and the
 kinematics measured on masks (:mod:`vfss_agglo_bundle.kinematics.measures`), so that the truth and the measurement
 cannot drift apart."""
 

@@ -18,19 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from vfss_agglo_bundle.data.phantom import (
-    DEFAULT_CONFIG,
-    PhantomConfig,
-    StudyAnatomy,
-    _build_scene,
-    _rasterise,
-    _Scene,
-    _swallow_state,
-    _to_pixels,
-    field_mask,
-    sample_anatomy,
-)
-from vfss_agglo_bundle.data.swallow_events import INVERSION, ONSET, PEAK, PLATEAU, first_index
+from vfss_agglo_bundle.kinematics.swallow_events import INVERSION, ONSET, PEAK, PLATEAU, first_index
+from vfss_agglo_bundle.phantom.anatomy import DEFAULT_CONFIG, PhantomConfig, StudyAnatomy, sample_anatomy
+from vfss_agglo_bundle.phantom.render import field_mask, rasterise, to_pixels
+from vfss_agglo_bundle.phantom.scene import Scene, build_scene
+from vfss_agglo_bundle.phantom.timing import swallow_state
 
 __all__ = ["SUPERSAMPLING", "study_truth"]
 
@@ -47,7 +39,7 @@ def _axes(c4: np.ndarray, c2: np.ndarray, front: np.ndarray) -> tuple[np.ndarray
     return up, anterior if (front - c4) @ anterior > 0 else -anterior
 
 
-def _spine_frame(scene: _Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _spine_frame(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """C2 and C4 anterior-inferior corners of the outlines as drawn, and the axes (up, anterior); canonical units."""
     c2_outline, c4_outline = scene.labels["c2"][0], scene.labels["c4"][0]
     front = scene.landmarks["hyoid_body"].mean(0)
@@ -64,7 +56,7 @@ def _fine_masks(
     """Rasterise groups of canonical polygons on a grid ``SUPERSAMPLING`` x finer than the frame, keeping only cells
     inside the frame and its exposed field (what an annotator can draw). Returns one bool grid per group (all on
     the same grid) and the cell side in frame pixels."""
-    polys = [_to_pixels(p, a, t, size) for group in groups for p in group]
+    polys = [to_pixels(p, a, t, size) for group in groups for p in group]
     if not polys:
         return [np.zeros((0, 0), bool) for _ in groups], 1.0 / SUPERSAMPLING
     lo = np.floor(np.min([p.min(0) for p in polys], axis=0)).clip(-0.5, size - 0.5)
@@ -77,8 +69,8 @@ def _fine_masks(
     for group in groups:
         grid = np.zeros((side, side), bool)
         for poly in group:
-            fine_poly = (_to_pixels(poly, a, t, size) - lo) * SUPERSAMPLING - 0.5
-            r0, band = _rasterise(fine_poly, side)
+            fine_poly = (to_pixels(poly, a, t, size) - lo) * SUPERSAMPLING - 0.5
+            r0, band = rasterise(fine_poly, side)
             grid[r0 : r0 + band.shape[0]] |= band
         grids.append(grid & visible)
     return grids, 1.0 / SUPERSAMPLING
@@ -100,7 +92,7 @@ def _principal_axis(polygon: np.ndarray) -> np.ndarray:
 
 def _frame_truth(a: StudyAnatomy, t: float, size: int) -> dict[str, Any]:
     """One frame's truth: spine-frame points in canonical units, areas in frame pixels^2, states."""
-    scene = _build_scene(a, t)
+    scene = build_scene(a, t)
     c2, c4, up, anterior = _spine_frame(scene)
     length = float(np.linalg.norm(c2 - c4))
 
@@ -117,7 +109,7 @@ def _frame_truth(a: StudyAnatomy, t: float, size: int) -> dict[str, Any]:
     base, tip = scene.landmarks["epiglottis_axis"]
     axis = _principal_axis(scene.labels["epiglottis"][0])
     axis = axis if (tip - base) @ axis > 0 else -axis  # directed from base to tip
-    pixels = lambda p: _to_pixels(p[None], a, t, size)[0].tolist()  # noqa: E731
+    pixels = lambda p: to_pixels(p[None], a, t, size)[0].tolist()  # noqa: E731
     bolus_points = np.concatenate(bolus) if bolus else np.zeros((0, 2))
     return {
         "t": t,
@@ -178,7 +170,7 @@ def study_truth(seed: int, cfg: PhantomConfig = DEFAULT_CONFIG) -> dict[str, Any
     lifts = np.array([f["lift"] for f in frames])
     per_lift = displacement[np.argmax(lifts)] / max(lifts.max(), 1e-9)  # the hyoid moves rigidly with the lift
     fine_t = np.linspace(0.0, 1.0, 2001)  # continuous speed from the simulator's lift curve
-    fine_disp = np.array([_swallow_state(anatomy, t)[0] for t in fine_t]) * per_lift
+    fine_disp = np.array([swallow_state(anatomy, t)[0] for t in fine_t]) * per_lift
     max_speed = float(np.abs(np.gradient(fine_disp, fine_t * cfg.duration_s)).max())
     events = {"BPM": bpm, "HYB": hyb, "hyoid_peak": peak, "UESO": ueso, "UESC": uesc,
               "max_constriction": constriction, "swallow_rest": swallow_rest}  # fmt: skip
