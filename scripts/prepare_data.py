@@ -22,11 +22,11 @@ from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
 def synth(
     out_dir: str,
-    studies: int = 12,
+    studies: int = 16,
     frames: int = 24,
     image_size: int = 256,
     seed: int = 0,
-    ratios: tuple = (0.7, 0.15, 0.15),
+    ratios: tuple = (9, 3, 4),
     tasks: tuple = DEFAULT_TASKS,
     phantom: str = "v2",
 ) -> str:
@@ -43,7 +43,7 @@ def import_masks(
     masks_dir: str = "masks",
     mask_pattern: str = "{frame}_{task}.png",
     image_size: int | None = None,
-    ratios: tuple = (0.7, 0.15, 0.15),
+    ratios: tuple = (9, 3, 4),
     seed: int = 0,
 ) -> str:
     """Convert src/<study>/frames/<frame>.png + src/<study>/masks/<frame>_<task>.png into the bundle format."""

@@ -26,7 +26,10 @@ from vfss_agglo_bundle.benchmark import (
     to_markdown,
     write_report,
 )
+from vfss_agglo_bundle.benchmark.measure import random_images
+from vfss_agglo_bundle.benchmark.targets import distill_step_targets, distill_trainer
 from vfss_agglo_bundle.benchmark.video import VARIANTS as VIDEO_VARIANTS
+from vfss_agglo_bundle.engines import DistillationTrainer
 from vfss_agglo_bundle.teachers.registry import build_teacher
 
 
@@ -100,6 +103,38 @@ def test_speed_ratios_pair_each_student_with_each_teacher():
         "cpu": {"s [student]": {"t1": 50.0}, "s [student (optimized)]": {"t1": 100.0}},
         "cuda": {"s [student]": {"t1": 2.0}},
     }
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["feature store", "online"])
+def test_the_distillation_step_is_one_distillation_trainer_iteration(monkeypatch, online):
+    """The timed step calls DistillationTrainer._iteration once, and moves the weights exactly as one iteration of
+    the trainer's own run() on the same batch from the same initial weights."""
+    calls = []
+    iteration = DistillationTrainer._iteration
+
+    def counted(self, engine, batchdata):
+        calls.append((engine, batchdata))
+        return iteration(self, engine, batchdata)
+
+    monkeypatch.setattr(DistillationTrainer, "_iteration", counted)
+    cpu = torch.device("cpu")
+    target = distill_step_targets("efficientvit_b0", 64, batch_size=2, teacher="hog", online=online)[-1]
+    assert target.name.endswith("online hog" if online else "feature store targets")
+    built = target.build(cpu)
+    built.forward(random_images(2, 64, cpu))
+    assert len(calls) == 1
+    engine, batch = calls[0]
+    assert engine.network is built.module
+    assert set(batch) == ({"image"} if online else {"image", "hog_dense"})
+
+    reference = distill_trainer("efficientvit_b0", build_teacher("hog"), "attention", cpu, [batch], online)
+    initial = {k: v.clone() for k, v in reference.network.state_dict().items()}
+    reference.run()
+    assert len(calls) == 2
+    trained = reference.network.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in trained)  # the iteration moved the weights
+    torch.testing.assert_close(built.module.state_dict(), trained)
+    torch.testing.assert_close(engine.balancer.state_dict(), reference.balancer.state_dict())
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,17 +49,53 @@ def test_the_layers_contract_names_every_room_and_holds():
     assert f"{len(contracts)} kept, 0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_the_contract(tmp_path):
-    """The contract can fail: a copy of the package where a bottom room imports a top one is refused."""
+@pytest.mark.parametrize(
+    "module, imported, contract",
+    [
+        ("utils/io.py", "vfss_agglo_bundle.workflow.stages", "Rooms: imports only go down"),
+        ("networks/adaptors.py", "vfss_agglo_bundle.teachers.base", "networks never import teachers"),
+        ("data/formats.py", "vfss_agglo_bundle.phantom.anatomy", "data never imports the phantom"),
+    ],
+)
+def test_an_import_against_a_contract_breaks_it(tmp_path, module, imported, contract):
+    """The contracts can fail: a copy of the package where a room imports what its contract forbids is refused."""
     shutil.copytree(ROOT / "vfss_agglo_bundle", tmp_path / "vfss_agglo_bundle", ignore=shutil.ignore_patterns("*.pyc"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    io = tmp_path / "vfss_agglo_bundle/utils/io.py"
-    io.write_text(io.read_text() + "\nfrom vfss_agglo_bundle.workflow import stages  # noqa\n")
+    path = tmp_path / "vfss_agglo_bundle" / module
+    package, _, name = imported.rpartition(".")
+    path.write_text(path.read_text() + f"\nfrom {package} import {name}  # noqa\n")
     result = _lint_imports(tmp_path, pythonpath=tmp_path)
     assert result.returncode != 0
-    assert (
-        "BROKEN" in result.stdout and "vfss_agglo_bundle.utils.io -> vfss_agglo_bundle.workflow.stages" in result.stdout
-    )
+    source = "vfss_agglo_bundle." + module.removesuffix(".py").replace("/", ".")
+    broken = [line for line in result.stdout.splitlines() if "BROKEN" in line]
+    assert any(line.startswith(contract) for line in broken), result.stdout[-2000:]
+    assert f"{source} -> {imported}" in result.stdout
+
+
+def test_the_architecture_page_lists_the_rooms_of_the_layers_contract():
+    """docs/architecture.md's table of rooms is the layers contract, in its order, and names both forbidden imports."""
+    contracts = _pyproject_contracts()
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    page = (ROOT / "docs/architecture.md").read_text()
+    table = page.split("## The rooms, top to bottom", 1)[1].split("\n\n", 2)[1]
+    rooms = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    assert rooms == layers
+    for contract in (c for c in contracts if c["type"] == "forbidden"):
+        (source,), (forbidden,) = contract["source_modules"], contract["forbidden_modules"]
+        source, forbidden = source.rpartition(".")[2], forbidden.rpartition(".")[2]
+        prose = " ".join(page.split()).replace("never import ", "never imports ")
+        assert f"`{source}` never imports `{forbidden}`" in prose
+
+
+def test_no_config_addresses_a_handler_or_anything_else_by_list_position():
+    """Config ids name what they refer to: never `@x#handlers#3`, `handlers#4#_disabled_` or `[1]` on a reference."""
+    for path in sorted((ROOT / "configs").glob("*")):
+        if path.suffix not in (".yaml", ".yml", ".json") or path.name == "metadata.json":
+            continue
+        text = path.read_text()
+        code = "\n".join(line.split(" #", 1)[0] for line in text.splitlines())  # YAML comments may show examples
+        positional = re.findall(r"[@%][\w#:./]*#\d+\b|^\s*\w+(?:#\w+)*#\d+#|@[\w#]+\[\d+\]", code, re.MULTILINE)
+        assert not positional, f"{path.name}: {positional}"
 
 
 def _pyproject_contracts() -> list[dict]:

@@ -6,15 +6,16 @@
 - ``teacher``: a teacher's whole forward (its own resize, normalisation and encoder) on the canonical frame, with
   real weights when they are present, else the full-size architecture with random weights (same speed) or, by
   default, the tiny test preset, labelled ``tiny (random) - not representative``.
-- ``distillation step``: forward + backward + optimizer step of ``DistillationModel`` + ``DistillationLoss`` + a
-  balancer, with targets from the feature store (precomputed fp16 tensors) or from the online LiteMedSAM teacher.
+- ``distillation step``: one iteration of the stage-1 ``DistillationTrainer`` (forward, backward, clipping and AdamW
+  step of ``DistillationModel`` + ``DistillationLoss`` + a balancer), with targets from the feature store
+  (precomputed fp16 tensors) or computed by the trainer from the online LiteMedSAM teacher.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from vfss_agglo_bundle.benchmark.measure import random_images
+from vfss_agglo_bundle.engines.distill_trainer import DistillationTrainer
 from vfss_agglo_bundle.export.formats import export_onnx, onnx_runner
 from vfss_agglo_bundle.losses.balancing import build_balancer
 from vfss_agglo_bundle.losses.distill import DistillationLoss
@@ -33,6 +35,7 @@ from vfss_agglo_bundle.teachers.registry import TEACHERS, build_teacher, expecte
 from vfss_agglo_bundle.utils.registry import check_name
 
 __all__ = [
+    "DISTILL_LR",
     "FULL_RANDOM",
     "REAL",
     "STUDENT_RANDOM",
@@ -41,6 +44,7 @@ __all__ = [
     "Built",
     "Target",
     "distill_step_targets",
+    "distill_trainer",
     "student_targets",
     "teacher_targets",
 ]
@@ -50,6 +54,7 @@ FULL_RANDOM = "full-size, random weights (speed only)"
 TINY = "tiny (random) - not representative"
 STUDENT_RANDOM = "random init (speed only)"
 TEACHER_NAMES: tuple[str, ...] = tuple(TEACHERS)
+DISTILL_LR = 2.0e-3  # configs/train.yaml distill_lr (the speed does not depend on it)
 
 
 @dataclass
@@ -154,42 +159,81 @@ def teacher_targets(
     return targets
 
 
+def _stored_targets(teacher: nn.Module, size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random ``teacher`` targets of ``size`` frames from the fp16 feature store, as the data loader delivers them
+    (float32)."""
+    spec = teacher.spec
+    shapes = {f"{teacher.name}_dense": (size, spec.dense_dim, *spec.grid)}
+    if spec.summary_dim is not None:
+        shapes[f"{teacher.name}_summary"] = (size, spec.summary_dim)
+    return {key: torch.randn(shape, device=device).half().float() for key, shape in shapes.items()}
+
+
+def distill_trainer(
+    backbone: str,
+    teacher: nn.Module,
+    balancer: str,
+    device: torch.device,
+    data: Sequence[Mapping[str, Any]],
+    online: bool,
+) -> DistillationTrainer:
+    """The stage-1 ``DistillationTrainer`` of ``configs/train.yaml`` for one ``teacher`` (a built ``Teacher``), over
+    ``data`` (batches shaped as the distillation data loader gives them): ``DistillationModel`` of the student and
+    the teacher's head, ``DistillationLoss``, the ``balancer``, AdamW over both (the balancer's group at 10x the
+    learning rate, no weight decay) and gradients clipped at 1.0. ``online``: the trainer runs the teacher on each
+    batch's image; otherwise it reads the targets from the batch. Seeded, so two calls start from the same weights."""
+    name = teacher.name
+    model = DistillationModel(StudentEncoder(backbone, init_seed=0), {name: teacher.spec}, init_seed=0).to(device)
+    weigher = build_balancer(balancer, [name], feature_dim=model.student.summary_dim, init_seed=0).to(device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.parameters(), "weight_decay": 0.01},
+            {"params": weigher.parameters(), "lr": 10 * DISTILL_LR, "weight_decay": 0.0},
+        ],
+        lr=DISTILL_LR,
+    )
+    return DistillationTrainer(
+        device=device,
+        max_epochs=1,
+        train_data_loader=data,
+        network=model,
+        optimizer=optimizer,
+        loss_function=DistillationLoss([name]),
+        balancer=weigher,
+        teacher_models={name: teacher} if online else None,
+        grad_clip=1.0,
+    )
+
+
 def distill_step_targets(
-    backbone: str, image_size: int, batch_size: int = 8, balancer: str = "attention", online: bool = True
+    backbone: str,
+    image_size: int,
+    batch_size: int = 8,
+    balancer: str = "attention",
+    online: bool = True,
+    teacher: str = "litemedsam",
 ) -> list[Target]:
-    """Rows for one stage-1 training step on LiteMedSAM targets (real weights): read from the feature store and,
-    with ``online``, computed by the teacher inside the step."""
+    """Rows for one stage-1 training step, ``DistillationTrainer``'s own iteration (:func:`distill_trainer`), on the
+    targets of ``teacher`` (one that needs no weight files: ``litemedsam``, real weights, or ``hog``): read from the
+    feature store and, with ``online``, computed by the teacher inside the step."""
 
     def make_step(device: torch.device, online: bool) -> Built:
-        teacher = build_teacher("litemedsam").to(device)
-        spec = teacher.spec
-        model = DistillationModel(StudentEncoder(backbone), {teacher.name: spec}).to(device).train()
-        loss_fn = DistillationLoss([teacher.name])
-        weigher = build_balancer(balancer, [teacher.name], feature_dim=model.student.summary_dim).to(device).train()
-        params = [*model.parameters(), *weigher.parameters()]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        stored: dict[int, torch.Tensor] = {}
+        built = build_teacher(teacher).to(device)
+        trainer = distill_trainer(backbone, built, balancer, device, [], online)  # step() hands it each batch
+        stored: dict[int, dict[str, torch.Tensor]] = {}
 
         def step(image: torch.Tensor) -> None:
-            if online:
-                out = teacher(image)
-                targets = {teacher.name: (out.summary, out.dense)}
-            else:  # a batch of the fp16 feature store, as the data loader delivers it
+            batch = {"image": image}
+            if not online:
                 if image.shape[0] not in stored:
-                    shape = (image.shape[0], spec.dense_dim, *spec.grid)
-                    stored[image.shape[0]] = torch.randn(shape, device=device).half()
-                targets = {teacher.name: (None, stored[image.shape[0]].float())}
-            optimizer.zero_grad(set_to_none=True)
-            prediction = model(image)
-            total, _ = weigher(loss_fn(prediction.predictions, targets), prediction.summary.detach())
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+                    stored[image.shape[0]] = _stored_targets(built, image.shape[0], device)
+                batch.update(stored[image.shape[0]])
+            trainer._iteration(trainer, batch)
 
-        return Built(model, step, f"1x{image_size}x{image_size}")
+        return Built(trainer.network, step, f"1x{image_size}x{image_size}")
 
-    weights = f"student {STUDENT_RANDOM}; litemedsam {REAL}"
-    variants = [("feature store targets", False)] + ([("online litemedsam", True)] if online else [])
+    weights = f"student {STUDENT_RANDOM}; {teacher} {REAL}"
+    variants = [("feature store targets", False)] + ([(f"online {teacher}", True)] if online else [])
     return [
         Target(
             f"{backbone}: {label}",
@@ -198,7 +242,7 @@ def distill_step_targets(
             lambda device, flag=flag: make_step(device, flag),
             batches=(batch_size,),
             inference=False,
-            note=f"forward + backward + AdamW step, {balancer} balancer",
+            note=f"DistillationTrainer iteration (forward + backward + AdamW step), {balancer} balancer",
         )
         for label, flag in variants
     ]

@@ -56,7 +56,7 @@ def video_throughput(
     threads: int = 2,
     variants: dict[str, dict[str, Any]] | None = None,
     checkpoint: str | os.PathLike | None = None,
-    repeats: int = 1,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     """Seconds and frames/s of `inferring` on one ``image_size`` video of ``num_frames`` frames, per output variant:
     the median of ``repeats`` runs (each into a new output folder; the first also pays one-off imports).

@@ -54,7 +54,7 @@ def import_mask_folder(
     masks_dir: str = "masks",
     mask_pattern: str = "{frame}_{task}.png",
     image_size: int | None = None,
-    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    ratios: Sequence[float] = (9, 3, 4),
     seed: int = 0,
 ) -> Path:
     """Convert an annotation-tool export (one mask PNG per structure per frame) into the bundle format.

@@ -34,11 +34,11 @@ def study_seed(seed: int, study: int) -> int:
 
 def synthesize_dataset(
     out_dir: PathLike,
-    studies: int = 12,
+    studies: int = 16,
     frames: int = 24,
     image_size: int = 256,
     seed: int = 0,
-    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    ratios: Sequence[float] = (9, 3, 4),
     tasks: Sequence[str] = DEFAULT_TASKS,
     phantom: str = "v2",
 ) -> Path:
@@ -87,11 +87,11 @@ def synthesize_dataset(
 def ensure_dataset(
     dataset_dir: PathLike,
     tasks: Sequence[str] = DEFAULT_TASKS,
-    studies: int = 12,
+    studies: int = 16,
     frames: int = 24,
     image_size: int = 256,
     seed: int = 0,
-    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    ratios: Sequence[float] = (9, 3, 4),
     phantom: str = "v2",
 ) -> str:
     """Return ``dataset_dir/datalist.json``, generating a phantom dataset (``phantom`` v2 or v1) there first if it
