@@ -137,6 +137,40 @@ def test_the_distillation_step_is_one_distillation_trainer_iteration(monkeypatch
     torch.testing.assert_close(engine.balancer.state_dict(), reference.balancer.state_dict())
 
 
+def _hyper(trainer: DistillationTrainer) -> dict:
+    """What the benchmark's trainer must share with train.yaml's: optimizer settings per parameter group (the
+    scheduler's starting learning rate, not its current one), clipping, balancer and loss."""
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in trainer.optimizer.param_groups]
+    for group, original in zip(groups, trainer.optimizer.param_groups, strict=True):
+        group["initial_lr"] = original.get("initial_lr", original["lr"])
+    loss = trainer.loss_function
+    return {
+        "optimizer": type(trainer.optimizer).__name__,
+        "groups": groups,
+        "grad_clip": trainer.grad_clip,
+        "balancer": type(trainer.balancer).__name__,
+        "loss": (loss.dense_loss_names, loss.summary_weight, len(loss.standardizers)),
+    }
+
+
+@pytest.mark.slow
+def test_the_benchmark_trainer_is_configured_as_train_yaml_s(tmp_path, monkeypatch):
+    """The benchmark cannot drift from training: its DistillationTrainer has the optimizer groups, learning rates,
+    weight decays, clipping, balancer and loss that configs/train.yaml builds."""
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.chdir(ROOT)
+    workflow = ConfigWorkflow(config_file="configs/train.yaml", workflow_type="train", logging_file=False,
+                              bundle_root=str(tmp_path), phantom_studies=3, phantom_frames=1, image_size=64,
+                              teachers=["hog"], teacher_preset="tiny")  # fmt: skip
+    workflow.initialize()
+    for key in ("prepare_data", "teacher_store"):
+        workflow.parser.get_parsed_content(key)
+    configured = workflow.parser.get_parsed_content("distill#trainer")
+    benchmark = distill_trainer("efficientvit_b0", build_teacher("hog"), "attention", torch.device("cpu"), [], False)
+    assert _hyper(benchmark) == _hyper(configured)
+
+
 @pytest.fixture(scope="module")
 def tiny_report():
     return run_benchmark(

@@ -115,9 +115,9 @@ def test_a_handler_appended_to_a_finished_stage_keeps_it_reused_and_resumable(fi
     appended = {"distill#handlers": STATS, "train#handlers": STATS, "validate#handlers": STATS}
     plain = _stages(finished)
     distill, segment = _stages(finished, appended)
-    for stage in (distill, segment):  # attached: the trainer's epoch end reaches MONAI's StatsHandler
-        attached = [h[0] for h in stage.engine._event_handlers[Events.EPOCH_COMPLETED]]
-        assert any(isinstance(getattr(h, "__self__", None), StatsHandler) for h in attached), stage.name
+    for stage in (distill, segment):  # attached: the trainer's epoch end reaches the appended StatsHandler
+        attached = [getattr(h[0], "__self__", None) for h in stage.engine._event_handlers[Events.EPOCH_COMPLETED]]
+        assert any(isinstance(h, StatsHandler) and h.tag_name == "extra" for h in attached), stage.name
     assert [s.fingerprint for s in (distill, segment)] == [s.fingerprint for s in plain]
     assert distill.run() is False and segment.run() is False  # reused, as without the extra handler
     # stage 2 stopped after its last epoch but before its record: it resumes from its checkpoint, and ends the same

@@ -61,36 +61,29 @@ def _yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _target(config: dict, ref: str) -> str:
-    """The ``_target_`` of the handler a ``"@section#name"`` reference names in ``config``."""
-    section, name = ref.removeprefix("@").split("#")
-    return config[section][name]["_target_"]
+WATCHERS = LOGGING_HANDLERS | {"vfss_agglo_bundle.handlers.MultiTaskReport"}
 
 
-def test_overlay_gives_workers_every_handler_but_the_logging_ones_found_by_name():
+def test_only_rank_0_watches_the_run_and_the_overlay_addresses_no_handler():
+    """Each section lists the handlers that only watch a run in `handlers` (disabled on every rank but rank 0, so a
+    worker never builds them), and names the ones that define it, attached first; the overlay touches no handler."""
     train, common, overlay = _yaml(ROOT / "configs/train.yaml"), _yaml(ROOT / "configs/common.yaml"), _yaml(OVERLAY)
-    assert not re.search(r"#\d", OVERLAY.read_text()), "the overlay addresses something by list position"
-    for section, engine, argument in [
-        ("distill", "trainer", "train_handlers"),
-        ("train", "trainer", "train_handlers"),
-        ("validate", "evaluator", "val_handlers"),
-    ]:
-        assert train[section][engine][argument] == f"@{section}#handlers"  # train.yaml: one list, all ranks
-        helper = overlay[f"{section}#{engine}#{argument}"]
-        assert helper["_target_"] == "vfss_agglo_bundle.utils.distributed.handlers_of_rank"
-        assert helper["handlers"] == f"@{section}#handlers"
-        listed = train[section]["handlers"]
-        assert all(ref.startswith(f"@{section}#") for ref in listed), listed  # by name, never inline
-        logging_ones = [ref for ref in listed if _target(train, ref) in LOGGING_HANDLERS]
-        assert helper["main_process_only"] == logging_ones, section
-    # the test block: every key of common.yaml's `test` is rebuilt (it is a macro in train.yaml), the report
-    # writer and the progress bar on rank 0 only
-    assert train["test"] == "%configs/common.yaml::test"
-    assert set(overlay["test"]) == set(common["test"])
-    for key in set(common["test"]) - {"handlers"}:
-        assert overlay["test"][key] == f"%configs/common.yaml::test#{key}", key
-    assert overlay["test"]["handlers"]["handlers"] == "%configs/common.yaml::test#handlers"
-    assert overlay["test"]["handlers"]["main_process_only"] == ["@test#report", "@test#progress"]
+    assert not any("handlers" in key for key in overlay) and "test" not in overlay
+    assert common["is_worker"] == "$not vfss_agglo_bundle.utils.distributed.is_main_process()"
+    sections = {
+        "distill": (train["distill"], train["distill"]["trainer"]["train_handlers"]),
+        "train": (train["train"], train["train"]["trainer"]["train_handlers"]),
+        "validate": (train["validate"], train["validate"]["evaluator"]["val_handlers"]),
+        "test": (common["test"], common["test"]["evaluator"]["val_handlers"]),
+    }
+    for name, (section, attached) in sections.items():
+        watchers = section["handlers"]
+        assert [h["_target_"] for h in watchers if h["_target_"] not in WATCHERS] == [], name
+        assert all(h["_disabled_"] == "@is_worker" for h in watchers), name
+        named = re.findall(rf"@{name}#(\w+)", attached)
+        assert "handlers" in named, name  # the watchers are attached too
+        for key in set(named) - {"handlers"}:
+            assert "_disabled_" not in section[key], (name, key)  # what defines the run runs on every rank
     # an overlay replaces whole top-level keys: every step of train.yaml's initialize must still be there
     assert set(train["initialize"]) <= {step for step in overlay["initialize"] if isinstance(step, str)}
     assert overlay["finalize"] == ["$vfss_agglo_bundle.utils.distributed.shutdown_distributed()"]
@@ -98,14 +91,34 @@ def test_overlay_gives_workers_every_handler_but_the_logging_ones_found_by_name(
     assert "DistributedDataParallel" in overlay["network"]["_target_"]
 
 
-def test_handlers_of_rank_keeps_the_order_and_drops_logging_handlers_on_workers(monkeypatch):
+def test_main_process_first_orders_the_ranks_and_stops_the_others_when_rank_0_fails(monkeypatch):
     from vfss_agglo_bundle.utils import distributed
 
-    a, b, c, d = (object() for _ in range(4))
-    assert distributed.handlers_of_rank([a, b, c, d], main_process_only=[b, d]) == [a, b, c, d]  # rank 0
+    ran = []
+    with distributed.main_process_first("a step"):  # one process: a plain block
+        ran.append("single")
+    assert ran == ["single"]
+    calls: list[str] = []
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "barrier", lambda: calls.append("barrier"))
+    flags: list[int] = []
+    monkeypatch.setattr(distributed.idist, "broadcast", lambda t, src: flags.append(int(t)) or t)
+    with pytest.raises(ValueError, match="disk"):  # rank 0 fails: it still releases the others, flag 0
+        with distributed.main_process_first("a step"):
+            calls.append("rank 0 works")
+            raise ValueError("disk full")
+    assert calls == ["rank 0 works", "barrier"] and flags == [0]
     monkeypatch.setattr(distributed.idist, "get_rank", lambda: 1)
-    assert distributed.handlers_of_rank([a, b, c, d], main_process_only=[b, d]) == [a, c]
-    assert distributed.handlers_of_rank((a, b), main_process_only=[]) == [a, b]
+    monkeypatch.setattr(distributed.idist, "broadcast", lambda t, src: torch.tensor(0))
+    calls.clear()
+    with pytest.raises(RuntimeError, match="rank 0 failed in a step"):  # a worker waits, then stops
+        with distributed.main_process_first("a step"):
+            calls.append("worker works")
+    assert calls == ["barrier"]
+    monkeypatch.setattr(distributed.idist, "broadcast", lambda t, src: torch.tensor(1))
+    with distributed.main_process_first("a step"):  # rank 0 succeeded: the worker runs the block after it
+        calls.append("worker works")
+    assert calls == ["barrier", "barrier", "worker works"]
 
 
 def _state(path: Path) -> dict:

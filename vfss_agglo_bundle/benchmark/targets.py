@@ -232,7 +232,8 @@ def distill_step_targets(
 
         return Built(trainer.network, step, f"1x{image_size}x{image_size}")
 
-    weights = f"student {STUDENT_RANDOM}; {teacher} {REAL}"
+    teacher_weights = "no weights" if teacher == "hog" else REAL  # the teachers that need no weight files
+    weights = f"student {STUDENT_RANDOM}; {teacher} {teacher_weights}"
     variants = [("feature store targets", False)] + ([(f"online {teacher}", True)] if online else [])
     return [
         Target(

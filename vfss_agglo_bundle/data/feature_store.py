@@ -22,6 +22,7 @@ head shapes, the view strength, target standardisation, the run record). The sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -175,10 +176,10 @@ class TeacherFeatureReader:
         existing ones; returns the statistics now saved (another run sharing the store may have saved its own,
         identical ones first: those are kept and returned)."""
         stats, record = self.statistics_files(kind)
-        try:
-            if not record.exists():
-                write_json(record, {"kind": kind, "teacher": self.name, "signature": self.signature, "views": views})
+        # another run sharing this store may save them meanwhile (same store, same statistics): whichever file it
+        # wrote first is kept, ours is dropped
+        with contextlib.suppress(FileExistsError):
+            write_json(record, {"kind": kind, "teacher": self.name, "signature": self.signature, "views": views})
+        with contextlib.suppress(FileExistsError):
             save_torch({k: v.detach().cpu() for k, v in state.items()}, stats)
-        except FileExistsError:  # another run sharing this store saved them meanwhile: same store, same statistics
-            pass
         return read_state_dict(stats, f"{kind} statistics of teacher {self.name!r}")

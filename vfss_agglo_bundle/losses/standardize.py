@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
+from vfss_agglo_bundle.utils.distributed import main_process_first
 from vfss_agglo_bundle.utils.io import save_torch
 from vfss_agglo_bundle.utils.registry import check_name
 from vfss_agglo_bundle.utils.state_dict import read_state_dict
@@ -269,11 +270,12 @@ def store_standardizers(readers: Mapping[str, TeacherFeatureReader], kind: str =
         return {}
     fitted = {}
     for name, reader in readers.items():
-        state = reader.read_statistics(kind)
-        if state is None:
-            items = reader.stored()
-            logger.info("%s statistics of teacher %s: fitting on %d stored views", kind, name, len(items))
-            standardizer = cls(reader.dense_dim).fit(reader.read(key, view)["dense"][None] for key, view in items)
-            state = reader.write_statistics(kind, standardizer.state_dict(), views=len(items))
+        with main_process_first(f"fitting the {kind} statistics of teacher {name!r}"):  # torchrun: rank 0 fits
+            state = reader.read_statistics(kind)
+            if state is None:
+                items = reader.stored()
+                logger.info("%s statistics of teacher %s: fitting on %d stored views", kind, name, len(items))
+                standardizer = cls(reader.dense_dim).fit(reader.read(key, view)["dense"][None] for key, view in items)
+                state = reader.write_statistics(kind, standardizer.state_dict(), views=len(items))
         fitted[name] = cls.from_state(state, f"{kind} statistics of teacher {name!r} in {reader.directory}")
     return fitted

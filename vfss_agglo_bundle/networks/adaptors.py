@@ -16,7 +16,7 @@ neck, which made distillation head-bound on CPU (the student itself is 0.23 GFLO
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -148,7 +148,7 @@ class DistillationModel(nn.Module):
     def __init__(
         self,
         student: StudentEncoder,
-        heads: Mapping[str, Sequence],
+        heads: Mapping[str, HeadShape | tuple[int, tuple[int, int], int | None]],
         hidden_dim: int | None = None,
         fusion_dim: int = 128,
         init_seed: int | None = None,

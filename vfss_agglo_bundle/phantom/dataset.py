@@ -108,7 +108,7 @@ def ensure_dataset(
         DataFormatError: one error listing every problem found, each naming its file.
     """
     datalist_path = Path(dataset_dir) / DATALIST_NAME
-    with main_process_first():  # under torchrun, rank 0 writes the dataset; the other ranks then find it
+    with main_process_first("writing the dataset"):  # under torchrun: rank 0 writes it, the others then find it
         if datalist_path.exists():
             check_dataset(datalist_path, tasks)
             logger.info(

@@ -62,7 +62,7 @@ def prepare_teacher_store(
         "teacher store: %s over %d frames (%d training, %d unlabelled) x %d views in %s",
         list(teachers), len(items), len(items) - len(extra_items), len(extra_items), views, cache_dir,
     )  # fmt: skip
-    with main_process_first():  # under torchrun, rank 0 fills the store; the other ranks then find it complete
+    with main_process_first("filling the teacher store"):  # under torchrun: rank 0 fills it, the others find it
         models = build_teachers(list(teachers), teacher_dir, preset)
         readers = fill_store(
             models,

@@ -2,8 +2,9 @@
 
 Every rank check in the package is :func:`is_main_process`; outside ``torchrun`` there is one process, rank 0, and
 every helper here does what a single process needs (nothing, for the ordering ones). ``configs/multi_gpu_train.yaml``
-calls :func:`init_distributed`, :func:`handlers_of_rank` and :func:`shutdown_distributed` with keyword arguments;
-the steps that write shared files (the phantom dataset, the teacher store) run under :func:`main_process_first`.
+calls :func:`init_distributed` (with keyword arguments) and :func:`shutdown_distributed`; the steps that write shared
+files (the phantom dataset, the teacher store, standardisation statistics) run under :func:`main_process_first`, and
+the configs' ``is_worker`` (``not is_main_process()``) disables the handlers that only watch a run on other ranks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import ignite.distributed as idist
@@ -22,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "barrier",
     "broadcast_from_main",
-    "handlers_of_rank",
     "init_distributed",
     "is_distributed",
     "is_main_process",
@@ -50,20 +50,29 @@ def barrier() -> None:
 
 
 @contextlib.contextmanager
-def main_process_first() -> Iterator[None]:
+def main_process_first(what: str = "this step") -> Iterator[None]:
     """Run the block on rank 0 while the other ranks wait, then on the other ranks (which find rank 0's files
     complete and write nothing). A plain block outside a distributed run.
 
-    Rank 0 releases the others even when its block raises, so they fail with their own error instead of waiting
-    for the barrier's timeout.
+    When rank 0's block raises, rank 0 still releases the others, and they stop with an error naming ``what``
+    instead of doing the work themselves or waiting for the barrier's timeout.
     """
+    if not is_distributed():
+        yield
+        return
     if not is_main_process():
         barrier()
+        if not bool(idist.broadcast(torch.tensor(0), src=0)):
+            raise RuntimeError(f"rank 0 failed in {what}; its error is in its log.")
+        yield
+        return
+    succeeded = False
     try:
         yield
+        succeeded = True
     finally:
-        if is_main_process():
-            barrier()
+        barrier()
+        idist.broadcast(torch.tensor(int(succeeded)), src=0)
 
 
 def init_distributed(device: torch.device, timeout_minutes: float = 60.0) -> None:
@@ -75,15 +84,6 @@ def init_distributed(device: torch.device, timeout_minutes: float = 60.0) -> Non
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-
-
-def handlers_of_rank(handlers: Sequence[Any], main_process_only: Sequence[Any] = ()) -> list[Any]:
-    """``handlers`` in their order, less those in ``main_process_only`` on every rank but rank 0 (progress bars,
-    console and TensorBoard logs: one copy of each, written by rank 0). Handlers are matched by identity."""
-    if is_main_process():
-        return list(handlers)
-    skipped = {id(h) for h in main_process_only}
-    return [h for h in handlers if id(h) not in skipped]
 
 
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
