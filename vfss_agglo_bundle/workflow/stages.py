@@ -16,16 +16,18 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Engine
 from torch import nn
-from vfss_agglo_bundle.handlers import ResumeCheckpoint
 from vfss_agglo_bundle.utils.distributed import barrier, is_main_process
 from vfss_agglo_bundle.utils.io import file_sha256, read_json, write_json
 from vfss_agglo_bundle.utils.state_dict import save_state_dict
 from vfss_agglo_bundle.workflow.fingerprint import describe, differences, fingerprint
 from vfss_agglo_bundle.workflow.records import RunRecord
+
+if TYPE_CHECKING:  # a type only: `evaluating` and `inferring` load the run record without every handler
+    from vfss_agglo_bundle.handlers import ResumeCheckpoint
 
 __all__ = ["Stage", "stage_record"]
 
