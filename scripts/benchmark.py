@@ -10,9 +10,11 @@
     python scripts/benchmark.py ablate --backbone efficientvit_b0
     # end to end: a 256x256 video of 300 frames -> masks -> kinematics files, through configs/inference.json
     python scripts/benchmark.py video --num_frames 300 --checkpoint models/model.pt
+    # one training step split into data, forward, backward and optimizer step, 0.7.0's and this version's interleaved
+    python scripts/benchmark.py train
 
 Writes ``<out_dir>/benchmark.{json,md}`` (``run``), ``<out_dir>/inference_ablation.{json,md}`` (``ablate``) or
-``<out_dir>/video_throughput.json`` (``video``); an
+``<out_dir>/video_throughput.json`` (``video``), ``<out_dir>/training_throughput.{json,md}`` (``train``); an
 existing report is kept beside it under its timestamp. Prints the Markdown table and the teacher/student speed
 ratios at batch 1.
 
@@ -139,6 +141,25 @@ def video(
     print(f"wrote {path}")
 
 
+def train(
+    config_file: str = "configs/train.yaml",
+    image_size: int = 256,
+    batch_size: int = 8,
+    rounds: int = 10,
+    threads: int = 2,
+    out_dir: str = "eval/benchmark",
+) -> None:
+    """One training step split into forward, backward and optimizer step: 0.7.0's stage-2 step and this version's
+    (``config_file``) interleaved, the encoder's share, validation, stage 1, and the data path; writes JSON +
+    Markdown. Run from the bundle root."""
+    from vfss_agglo_bundle.benchmark import training_throughput, write_report
+
+    report = training_throughput(config_file, image_size, batch_size, rounds, threads)
+    json_path, md_path = write_report(report, out_dir, stem="training_throughput")
+    print(report["markdown"])
+    print(f"wrote {json_path} and {md_path}")
+
+
 def phantom(image_size: int = 256, studies: int = 8, frames: int = 24, out_dir: str = "eval/benchmark") -> None:
     """Frames/s of the phantom (image + labels of 12 structures) per version, with the CPU time (one core when
     CPU ~ wall); writes JSON."""
@@ -159,4 +180,4 @@ if __name__ == "__main__":
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # before torch (and its OpenMP) is loaded by run / ablate
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("vfss_agglo_bundle").setLevel(logging.INFO)  # progress per model, not the exporters' chatter
-    fire.Fire({"run": run, "ablate": ablate, "video": video, "phantom": phantom})
+    fire.Fire({"run": run, "ablate": ablate, "video": video, "train": train, "phantom": phantom})

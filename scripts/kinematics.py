@@ -7,6 +7,9 @@
 `measure` reads <masks>/<study>/<frame>.nii.gz (the bundle's format) or one PNG per structure per frame named by
 --pattern, and writes <out_dir>/<study>.csv, .json and .png. `validate` compares the kinematics of a phantom split
 with its truth, from the ground-truth masks and (with --predictions, `inferring`'s masks/ folder) the model's.
+Predicted masks are steadied first: a per-pixel majority vote over a centred window of about --steady_seconds
+(0.15 s); --steady_seconds 0 turns it off (do so when `measure` reads ground-truth masks; `validate` never steadies
+the ground truth).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import fire
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.kinematics.folders import DEFAULT_PATTERN, measure_folder
 from vfss_agglo_bundle.kinematics.outputs import json_ready
+from vfss_agglo_bundle.kinematics.steadying import STEADY_SECONDS
 from vfss_agglo_bundle.kinematics.validation import to_markdown, validate_split
 from vfss_agglo_bundle.utils.cli import split_names
 from vfss_agglo_bundle.utils.io import write_json, write_text
@@ -31,9 +35,11 @@ def measure(
     tasks: str | tuple = TASKS,
     pattern: str = DEFAULT_PATTERN,
     mm_per_px: float | None = None,
+    steady_seconds: float = STEADY_SECONDS,
 ) -> str:
-    """Measure every study of a mask folder; prints a line per study and returns the output folder."""
-    results = measure_folder(masks, out_dir, fps, split_names(tasks), pattern, mm_per_px)
+    """Measure every study of a mask folder (steadied over ``steady_seconds``, 0: off); prints a line per study and
+    returns the output folder."""
+    results = measure_folder(masks, out_dir, fps, split_names(tasks), pattern, mm_per_px, steady_seconds)
     for study, result in results.items():
         print(
             f"{study}: {len(result['swallows'])} swallow(s), {len(result['flags'])} flag(s) -> {out_dir}/{study}.json"
@@ -46,9 +52,11 @@ def validate(
     split: str = "test",
     predictions: str | None = None,
     out: str = "eval/kinematics_validation",
+    steady_seconds: float = STEADY_SECONDS,
 ) -> str:
-    """Error tables of a phantom split: writes <out>.md and <out>.json (kept, not overwritten) and prints the table."""
-    report = validate_split(datalist, split, predictions)
+    """Error tables of a phantom split: writes <out>.md and <out>.json (kept, not overwritten) and prints the table.
+    The predicted masks are steadied over ``steady_seconds`` (0: off)."""
+    report = validate_split(datalist, split, predictions, steady_seconds=steady_seconds)
     table = to_markdown(report)
     write_text(f"{out}.md", table, keep_old=True)
     write_json(f"{out}.json", json_ready(report), keep_old=True)

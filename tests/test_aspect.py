@@ -94,9 +94,10 @@ def test_inferring_a_non_square_video_gives_masks_on_the_object(tmp_path, size):
                "decoder_width": 8}  # fmt: skip
     torch.save(VFSSSegmenter("efficientvit_b0", num_classes=12, decoder_width=8).state_dict(),
                tmp_path / "models/model.pt")  # fmt: skip
+    # steady_seconds 0: the disc moves 32 px a frame, each frame's masks are checked on their own
     bundle_run("inferring", config_file=str(ROOT / "configs/inference.json"), bundle_root=str(tmp_path),
                input=str(video), output_dir=str(tmp_path / "out"), image_size=128, network_def=network,
-               video_format=None)  # fmt: skip
+               video_format=None, steady_seconds=0)  # fmt: skip
     for t in range(3):
         path = tmp_path / f"out/masks/clip/{t:04d}.nii.gz"
         assert nib.load(str(path)).shape[:2] == (width, height)  # [W, H, T]: the video's own size
@@ -104,4 +105,4 @@ def test_inferring_a_non_square_video_gives_masks_on_the_object(tmp_path, size):
         truth = disc_mask(frames[t])
         assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9, t
     record = json.loads(next((tmp_path / "out").glob("inferring-*.json")).read_text())
-    assert record["settings"]["aspect"] == "letterbox"
+    assert record["settings"]["aspect"] == "letterbox" and record["settings"]["steady_seconds"] == 0

@@ -161,7 +161,8 @@ def test_the_benchmark_trainer_is_configured_as_train_yaml_s(tmp_path, monkeypat
 
     monkeypatch.chdir(ROOT)
     workflow = ConfigWorkflow(config_file="configs/train.yaml", workflow_type="train", logging_file=False,
-                              bundle_root=str(tmp_path), phantom_studies=3, phantom_frames=1, image_size=64,
+                              bundle_root=str(tmp_path), phantom_studies=3, phantom_frames=1, phantom_test_frames=1,
+                              image_size=64,
                               teachers=["hog"], teacher_preset="tiny")  # fmt: skip
     workflow.initialize()
     for key in ("prepare_data", "teacher_store"):
@@ -293,3 +294,27 @@ def test_phantom_speed_reports_both_versions():
     assert [r["phantom"] for r in report["rows"]] == ["v1", "v2"]
     assert all(r["frames"] == 2 and r["frames_per_s"] == pytest.approx(2 / r["seconds"]) for r in report["rows"])
     assert all(r["cpu_seconds"] > 0 for r in report["rows"]) and report["settings"]["image_size"] == 64
+
+
+def test_training_throughput_times_both_steps_from_the_engine_s_own_events(monkeypatch, tmp_path):
+    from vfss_agglo_bundle.benchmark import training_throughput
+
+    monkeypatch.chdir(ROOT)
+    report = training_throughput(image_size=64, batch_size=2, rounds=2)
+    rows = {r["step"].split(" (")[0]: r for r in report["rows"]}
+    assert list(rows) == ["stage 2, 0.7.0", "stage 2, this version", "stage 2 student encoder alone",
+                          "validation forward", "stage 1"]  # fmt: skip
+    assert rows["stage 2, 0.7.0"]["speedup"] == pytest.approx(1.0)
+    for name in ("stage 2, 0.7.0", "stage 2, this version", "stage 1"):
+        r = rows[name]
+        assert min(r["forward_ms"], r["backward_ms"], r["step_ms"]) > 0, name
+        assert r["total_ms"] == pytest.approx(r["forward_ms"] + r["backward_ms"] + r["step_ms"], rel=0.3)
+        assert r["frames_per_s"] == pytest.approx(2 / r["total_ms"] * 1e3)
+    assert rows["validation forward"]["backward_ms"] == rows["validation forward"]["step_ms"] == 0
+    assert 0 < report["encoder_share"] < 1.5
+    assert [d["data"].split(" (")[0] for d in report["data"]] == ["0.7.0", "this version"]
+    assert all(d["ms"] > 0 for d in report["data"])
+    autocast = report["settings"]["autocast"]
+    assert f"stage 2, this version ({autocast or 'float32'}, channels-last, DiceBCELoss)" in report["markdown"]
+    json_path, md_path = write_report(report, tmp_path, stem="training_throughput")
+    assert md_path.read_text() == report["markdown"] and "rows" in json.loads(json_path.read_text())

@@ -279,6 +279,7 @@ def _stage1(bundle_root: Path, **overrides) -> tuple[bool, str, list[str]]:
         "bundle_root": str(bundle_root),
         "phantom_studies": 3,
         "phantom_frames": 4,
+        "phantom_test_frames": 4,
         "image_size": SIZE,
         "teachers": TEACHERS,
         "teacher_preset": "tiny",

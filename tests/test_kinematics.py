@@ -160,7 +160,7 @@ def test_a_folder_of_png_masks_from_another_tool_is_measured(tmp_path):
     for t, frame in enumerate(video):
         for task, mask in zip(TASKS, frame, strict=True):
             Image.fromarray(mask * 255).save(study / f"{t}_{task}.png")
-    results = measure_folder(tmp_path / "masks", tmp_path / "out", FPS, TASKS, "{frame}_{task}.png")
+    results = measure_folder(tmp_path / "masks", tmp_path / "out", FPS, TASKS, "{frame}_{task}.png", steady_seconds=0)
     assert results["caseA"]["swallows"][0]["events"] == EXPECTED_EVENTS
     assert (tmp_path / "out" / "caseA.json").is_file()
 

@@ -22,6 +22,8 @@ TINY = [
     "4",
     "--phantom_frames",
     "4",
+    "--phantom_test_frames",
+    "4",
     "--image_size",
     "64",
     "--teacher_preset",

@@ -3,13 +3,14 @@
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ROOT
 from PIL import Image
-from vfss_agglo_bundle.data.datalist import SPLITS, validate_datalist
+from vfss_agglo_bundle.data.datalist import SPLITS, spaced_frames, validate_datalist
 from vfss_agglo_bundle.data.formats import read_frame, read_label
 from vfss_agglo_bundle.data.prepare import import_mask_folder, preview_datalist
 from vfss_agglo_bundle.data.sources import import_video_frames
@@ -44,11 +45,62 @@ def test_ensure_dataset_generates_once_then_reuses_and_checks_tasks(tmp_path, ca
     first = ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64)
     before = (tmp_path / "ds/datalist.json").stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        assert ensure_dataset(tmp_path / "ds", TASKS, studies=9, frames=9, image_size=64) == first
+        assert ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64) == first
     assert "skipping phantom generation" in caplog.text
     assert (tmp_path / "ds/datalist.json").stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="was built for tasks"):
-        ensure_dataset(tmp_path / "ds", ["bolus", "tongue"])
+        ensure_dataset(tmp_path / "ds", ["bolus", "tongue"], studies=3, frames=2, image_size=64)
+
+
+def test_ensure_dataset_refuses_a_phantom_made_with_other_settings(tmp_path):
+    ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64, phantom="v2")
+    before = (tmp_path / "ds/datalist.json").read_bytes()
+    with pytest.raises(
+        ValueError, match=r"phantom: made with 'v2', asked for 'v1'; frames: made with 2, asked for 9"
+    ) as e:
+        ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=9, image_size=64, phantom="v1")
+    assert "another --dataset_dir" in str(e.value) and "studies" not in str(e.value)
+    for other in ({"studies": 4}, {"seed": 1}, {"test_frames": 3}, {"ratios": (1, 1, 1)}):
+        with pytest.raises(ValueError, match=f"{next(iter(other))}: made with"):
+            ensure_dataset(tmp_path / "ds", TASKS, **{"studies": 3, "frames": 2, "image_size": 64, **other})
+    assert (tmp_path / "ds/datalist.json").read_bytes() == before  # never overwritten
+    # a datalist from before 0.8.0 records neither test_frames nor ratios: test_frames was frames
+    datalist = json.loads(before)
+    for key in ("test_frames", "ratios", "image_size"):
+        del datalist["source"][key]
+    (tmp_path / "ds/datalist.json").write_text(json.dumps(datalist))
+    assert ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64, ratios=(1, 1, 1))
+    with pytest.raises(ValueError, match="test_frames: made with 2, asked for 24"):
+        ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, test_frames=24, image_size=64)
+    # a user's own data is not a phantom: no phantom settings to compare
+    del datalist["source"]
+    (tmp_path / "ds/datalist.json").write_text(json.dumps(datalist))
+    assert ensure_dataset(tmp_path / "ds", TASKS, studies=5, frames=7, image_size=64, phantom="v1")
+
+
+def test_synthesize_gives_test_studies_their_own_length(tmp_path):
+    path = synthesize_dataset(tmp_path / "ds", studies=6, frames=2, test_frames=5, image_size=64, ratios=(4, 1, 1),
+                              tasks=TASKS)  # fmt: skip
+    dl = json.loads(path.read_text())
+    counts = {s: Counter(it["study"] for it in dl[s]) for s in SPLITS}
+    assert [len(counts[s]) for s in SPLITS] == [4, 1, 1]
+    assert set(counts["training"].values()) == set(counts["validation"].values()) == {2}
+    assert set(counts["test"].values()) == {5}
+    test_study = next(iter(counts["test"]))
+    truth = json.loads((tmp_path / "ds/kinematics" / f"{test_study}.json").read_text())
+    assert truth["num_frames"] == 5 and truth["fps"] == pytest.approx(4 / 3)  # 5 frames over the 3 s swallow
+    assert dl["source"]["frames"] == 2 and dl["source"]["test_frames"] == 5 and dl["source"]["ratios"] == [4, 1, 1]
+    assert dl["source"]["fps"] == pytest.approx(1 / 3) and dl["source"]["test_fps"] == pytest.approx(4 / 3)
+
+
+def test_spaced_frames_picks_evenly_spaced_frames_of_each_study():
+    items = [{"study": s, "frame": f} for s, n in (("a", 8), ("b", 3), ("c", 1)) for f in range(n)]
+    picked = spaced_frames(items, 2)
+    assert [(it["study"], it["frame"]) for it in picked] == [("a", 2), ("a", 6), ("b", 0), ("b", 2), ("c", 0)]
+    assert [(it["study"], it["frame"]) for it in spaced_frames(items, 3)][:3] == [("a", 1), ("a", 4), ("a", 6)]
+    assert spaced_frames(items, None) == items
+    with pytest.raises(ValueError, match="frames per study must be >= 1"):
+        spaced_frames(items, 0)
 
 
 def _export(root: Path) -> None:

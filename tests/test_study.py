@@ -71,8 +71,8 @@ def test_summary_pairs_arms_by_seed_and_study():
 
 @pytest.mark.slow
 def test_a_tiny_study_runs_every_arm_on_shared_data(tmp_path):
-    overrides = ["--phantom_studies", "5", "--phantom_frames", "2", "--image_size", "64", "--teacher_preset",
-                 "tiny", "--distill_batch_size", "2", "--seg_batch_size", "2"]  # fmt: skip
+    overrides = ["--phantom_studies", "5", "--phantom_frames", "2", "--phantom_test_frames", "2", "--image_size", "64",
+                 "--teacher_preset", "tiny", "--distill_batch_size", "2", "--seg_batch_size", "2"]  # fmt: skip
     cmd = [sys.executable, "scripts/study.py", "--out_dir", str(tmp_path), "--seeds", "[0]", "--budget", "quick",
            "--teachers", "['medsam','hog']", "--specialists", "['c4']", "--overrides", repr(overrides)]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)

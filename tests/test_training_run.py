@@ -19,6 +19,8 @@ TINY = [
     "4",
     "--phantom_frames",
     "3",
+    "--phantom_test_frames",
+    "3",
     "--image_size",
     "64",
     "--teacher_preset",

@@ -76,6 +76,28 @@ def build_datalist(
     return datalist
 
 
+def spaced_frames(items: Sequence[dict], per_study: int | None) -> list[dict]:
+    """``per_study`` evenly spaced frames of each study of ``items`` (all of a shorter study; ``None``: every item).
+
+    Frame ``floor((k + 0.5) * n / per_study)`` of a study's ``n`` ordered frames, ``k = 0 .. per_study - 1``: for 8
+    frames and 2 a study, frames 2 and 6. Items keep their order.
+    """
+    if per_study is None:
+        return list(items)
+    if per_study < 1:
+        raise ValueError(f"frames per study must be >= 1 or None (every frame), got {per_study}")
+    by_study: dict[str, list[dict]] = {}
+    for item in items:
+        by_study.setdefault(item["study"], []).append(item)
+    chosen = set()
+    for frames in by_study.values():
+        frames = sorted(frames, key=lambda it: it["frame"])
+        n = len(frames)
+        picks = range(n) if n <= per_study else {int((k + 0.5) * n / per_study) for k in range(per_study)}
+        chosen.update(id(frames[i]) for i in picks)
+    return [item for item in items if id(item) in chosen]
+
+
 def load_datalist(path: PathLike, split: str, tasks: Sequence[str] | None = None) -> list[dict]:
     """Read one split of a datalist with ``image``/``label`` as absolute paths.
 

@@ -11,11 +11,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from ignite.engine import Engine, Events
 from vfss_agglo_bundle.data.formats import read_frame, write_frame, write_label
-from vfss_agglo_bundle.data.transforms import restore_masks
+from vfss_agglo_bundle.data.transforms import remove_small_regions, restore_masks
 from vfss_agglo_bundle.kinematics import FrameGeometry, analyse, frame_geometry
 from vfss_agglo_bundle.kinematics.outputs import write_kinematics
+from vfss_agglo_bundle.kinematics.steadying import STEADY_SECONDS, TemporalSmoother, steady_radius
 from vfss_agglo_bundle.utils.io import atomic_path
 from vfss_agglo_bundle.visualize import legend, overlay, save_png
 
@@ -23,7 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 class InferenceWriter:
-    """Attach to an evaluator whose step output holds a binary ``pred`` ``[T,S,S]`` per frame.
+    """Attach to an evaluator whose step output holds a ``pred`` ``[T,S,S]`` of probabilities per frame.
+
+    With ``steady_seconds`` (steady video), each frame's probabilities are first averaged with its neighbours' in the
+    study (:class:`~vfss_agglo_bundle.kinematics.steadying.TemporalSmoother`, a centred window of about
+    ``steady_seconds`` at the study's frame rate, 3 frames when it is unknown): a frame is written ``radius`` frames
+    late, at most ``2 * radius + 1`` frames of a study are held, and frames of a study must come in order, studies
+    one after another (as ``inference_items`` lists them). Masks are the probabilities above 0.5.
 
     For each frame (named ``<study>/<frame:04d>``) writes, under ``output_dir``:
     ``masks/<study>/<frame>.nii.gz`` (the bundle's label format, at the frame's original size),
@@ -46,6 +54,9 @@ class InferenceWriter:
         video_fps: overlay video frame rate (``None``: the study's own, else 10).
         kinematics: measure each study's swallow kinematics.
         mm_per_px: calibration for the kinematics' millimetre values (``None``: none given).
+        steady_seconds: length of the steadying window in seconds (``None`` or 0: off, each frame as predicted).
+        min_region_area: task -> its regions smaller than this share of the frame are removed from the masks
+            (:func:`~vfss_agglo_bundle.data.transforms.remove_small_regions`; ``None``: every region kept).
     """
 
     def __init__(
@@ -58,6 +69,8 @@ class InferenceWriter:
         video_fps: float | None = None,
         kinematics: bool = True,
         mm_per_px: float | None = None,
+        steady_seconds: float | None = STEADY_SECONDS,
+        min_region_area: dict[str, float] | None = None,
     ) -> None:
         if video_format not in ("gif", "mp4", None):
             raise ValueError(f"video_format must be 'gif', 'mp4' or None, got {video_format!r}.")
@@ -69,6 +82,11 @@ class InferenceWriter:
         self.video_fps = video_fps
         self.kinematics = kinematics
         self.mm_per_px = mm_per_px
+        self.steady_seconds = steady_seconds
+        self.min_region_area = dict(min_region_area or {})
+        self._study: str | None = None  # the study whose frames are being steadied
+        self._smoother = TemporalSmoother(0)
+        self._held: dict[int, dict] = {}  # frame -> what writing it needs, while the smoother holds it
         self._overlays: dict[str, list[Path]] = defaultdict(list)
         self._geometries: dict[str, dict[int, FrameGeometry]] = defaultdict(dict)
         self._fps: dict[str, float | None] = {}
@@ -77,7 +95,8 @@ class InferenceWriter:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start_writer)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_frames)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._steady_frames)
+        engine.add_event_handler(Events.COMPLETED, self._flush_study)  # first: the last frames, then the rest
         engine.add_event_handler(Events.COMPLETED, self._finish_writes)
         engine.add_event_handler(Events.COMPLETED, self._write_videos)
         if self.kinematics:
@@ -103,26 +122,45 @@ class InferenceWriter:
             self._pool.shutdown(wait=True)
             self._pool, self._writes = None, []
 
-    def _write_frames(self, engine: Engine) -> None:
+    def _steady_frames(self, engine: Engine) -> None:
+        """Push the batch's frames through their study's smoother and write the frames that come out."""
         self._check_writes(wait=False)
         for item, data in zip(engine.state.output, engine.state.batch, strict=True):
             study, frame = str(data["study"]), int(data["frame"])
-            pred = item["pred"].detach().float().cpu()
-            masks = (restore_masks(pred, data["image_box"], data["image_shape"]) > 0.5).numpy().astype(np.uint8)
-            name = f"{study}/{frame:04d}"
-            self._writes.append(self._pool.submit(write_label, self.output_dir / "masks" / f"{name}.nii.gz", masks))
-            if self.png_masks:
-                for task, mask in zip(self.tasks, masks, strict=True):
-                    write_frame(self.output_dir / "masks_png" / f"{name}_{task}.png", mask * 255)
-            if self.overlays:
-                path = self.output_dir / "overlays" / f"{name}.png"
-                image = data["image_frame"].numpy() if "image_frame" in data else read_frame(data["image_path"])
-                save_png(path, overlay(image, masks), overwrite=False)
-                self._overlays[study].append(path)
-            if self.kinematics:
-                self._geometries[study][frame] = frame_geometry(masks, self.tasks)
-                fps = float(data["fps"]) if "fps" in data else math.nan
-                self._fps[study] = None if math.isnan(fps) else fps
+            fps = float(data["fps"]) if "fps" in data else math.nan
+            if study != self._study:
+                self._flush_study(engine)
+                self._study, self._smoother = study, TemporalSmoother(steady_radius(fps, self.steady_seconds))
+            keys = ("image_box", "image_shape", "image_frame", "image_path")
+            self._held[frame] = {"fps": fps, **{key: data[key] for key in keys if key in data}}
+            for index, probabilities in self._smoother.push(frame, item["pred"].detach().float().cpu().numpy()):
+                self._write_frame(study, index, probabilities)
+
+    def _flush_study(self, engine: Engine) -> None:
+        for index, probabilities in self._smoother.flush():
+            self._write_frame(self._study, index, probabilities)
+        self._study = None
+
+    def _write_frame(self, study: str, frame: int, probabilities: np.ndarray) -> None:
+        """Write one frame from its model-space probabilities ``[T, S, S]``."""
+        data = self._held.pop(frame)
+        pred = torch.from_numpy(probabilities)
+        masks = (restore_masks(pred, data["image_box"], data["image_shape"]) > 0.5).numpy().astype(np.uint8)
+        if self.min_region_area:
+            masks = remove_small_regions(masks, self.tasks, self.min_region_area)
+        name = f"{study}/{frame:04d}"
+        self._writes.append(self._pool.submit(write_label, self.output_dir / "masks" / f"{name}.nii.gz", masks))
+        if self.png_masks:
+            for task, mask in zip(self.tasks, masks, strict=True):
+                write_frame(self.output_dir / "masks_png" / f"{name}_{task}.png", mask * 255)
+        if self.overlays:
+            path = self.output_dir / "overlays" / f"{name}.png"
+            image = data["image_frame"].numpy() if "image_frame" in data else read_frame(data["image_path"])
+            save_png(path, overlay(image, masks), overwrite=False)
+            self._overlays[study].append(path)
+        if self.kinematics:
+            self._geometries[study][frame] = frame_geometry(masks, self.tasks)
+            self._fps[study] = None if math.isnan(data["fps"]) else data["fps"]
 
     def _write_videos(self, engine: Engine) -> None:
         if self.video_format is None:

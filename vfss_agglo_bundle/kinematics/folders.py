@@ -7,7 +7,8 @@ Layouts read (``<study>`` folders, or one flat folder for a single study):
 - ``<root>/<study>/<pattern>`` with ``pattern`` such as ``{frame}_{task}.png`` (``inferring``'s ``masks_png/``,
   annotation-tool exports): one binary PNG per structure per frame; a missing file is an empty mask.
 
-Frames are taken in the sorted order of their names; each is measured at its own size.
+Frames are taken in the sorted order of their names; each is measured at its own size, after steadying (a majority
+vote over a window of about ``steady_seconds``, :mod:`~vfss_agglo_bundle.kinematics.steadying`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 from vfss_agglo_bundle.kinematics.frame import FrameGeometry, frame_geometry
 from vfss_agglo_bundle.kinematics.measures import analyse
 from vfss_agglo_bundle.kinematics.outputs import write_kinematics
+from vfss_agglo_bundle.kinematics.steadying import STEADY_SECONDS, steady_masks, steady_radius
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, natural_key
 
 __all__ = ["DEFAULT_PATTERN", "mask_studies", "measure_folder", "read_mask_frames"]
@@ -112,19 +114,24 @@ def measure_folder(
     tasks: Sequence[str] = DEFAULT_TASKS,
     pattern: str = DEFAULT_PATTERN,
     mm_per_px: float | None = None,
+    steady_seconds: float | None = STEADY_SECONDS,
 ) -> dict[str, dict[str, Any]]:
     """Measure every study under ``masks`` and write ``out_dir/<study>.csv``, ``.json`` and ``.png``.
+
+    ``steady_seconds``: each study's masks are first steadied by a per-pixel majority vote over a centred window of
+    about this many seconds (:func:`~vfss_agglo_bundle.kinematics.steadying.steady_radius`); 0 or ``None``: off (for
+    ground-truth masks).
 
     Returns study -> the :func:`~vfss_agglo_bundle.kinematics.measures.analyse` result.
     """
     if fps is None:
         logger.warning("no frame rate given (--fps): kinematics times will be in frames, not seconds.")
+    radius = steady_radius(fps, steady_seconds)
     results = {}
     for study_dir in mask_studies(masks):
         names, frames = read_mask_frames(study_dir, tasks, pattern)
-        geometries: list[FrameGeometry] = [
-            frame_geometry(m, tasks) for m in tqdm(frames, total=len(names), desc=study_dir.name, unit="frame")
-        ]
+        steady = tqdm(steady_masks(frames, radius), total=len(names), desc=study_dir.name, unit="frame")
+        geometries: list[FrameGeometry] = [frame_geometry(m, tasks) for m in steady]
         result = analyse(geometries, tasks, fps, mm_per_px)
         result["frame_names"] = names
         write_kinematics(result, out_dir, study_dir.name)

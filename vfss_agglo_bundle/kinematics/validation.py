@@ -15,6 +15,7 @@ from vfss_agglo_bundle.data.datalist import label_channels, load_datalist
 from vfss_agglo_bundle.data.formats import read_label
 from vfss_agglo_bundle.kinematics.frame import frame_geometry
 from vfss_agglo_bundle.kinematics.measures import EVENTS, analyse
+from vfss_agglo_bundle.kinematics.steadying import STEADY_SECONDS, steady_masks, steady_radius
 from vfss_agglo_bundle.utils.io import PathLike, read_json
 
 __all__ = ["MEASURES", "TARGETS", "compare", "summarise", "to_markdown", "validate_split"]
@@ -77,11 +78,17 @@ def _measure(masks: Sequence[np.ndarray] | Any, tasks: Sequence[str], fps: float
 
 
 def validate_split(
-    datalist: PathLike, split: str = "test", predictions: PathLike | None = None, tasks: Sequence[str] | None = None
+    datalist: PathLike,
+    split: str = "test",
+    predictions: PathLike | None = None,
+    tasks: Sequence[str] | None = None,
+    steady_seconds: float | None = STEADY_SECONDS,
 ) -> dict[str, Any]:
     """Compare the kinematics of every study of ``split`` with its truth (``kinematics/<study>.json`` beside the
     datalist), from the ground-truth masks and, when ``predictions`` (``inferring``'s ``masks/`` folder, one
-    ``<study>/<frame:04d>.nii.gz`` per frame) is given, from the predicted masks.
+    ``<study>/<frame:04d>.nii.gz`` per frame) is given, from the predicted masks, steadied first by a per-pixel
+    majority vote over about ``steady_seconds`` (:mod:`~vfss_agglo_bundle.kinematics.steadying`; 0 or ``None``: off;
+    the ground-truth masks are never steadied).
 
     Returns ``{"studies": {study: {"labels": compare(...), "predicted": compare(...)}}, "summary": ..., ...}``.
 
@@ -119,12 +126,14 @@ def validate_split(
                     f"{len(missing)} predicted masks are missing, e.g. {missing[0]}; run `inferring` on the dataset's "
                     "images with this output folder first."
                 )
-            row["predicted"] = compare(_measure((read_label(p) for p in paths), tasks, truth["fps"]), truth)
+            steady = steady_masks((read_label(p) for p in paths), steady_radius(truth["fps"], steady_seconds))
+            row["predicted"] = compare(_measure(steady, tasks, truth["fps"]), truth)
         studies[study] = row
     sources = ["labels"] + (["predicted"] if predictions is not None else [])
     fps = read_json(truth_dir / f"{sorted(studies)[0]}.json")["fps"]
-    return {"datalist": str(datalist), "split": split, "fps": fps, "studies": studies,
-            "summary": {s: summarise([r[s] for r in studies.values()]) for s in sources}}  # fmt: skip
+    summary = {s: summarise([r[s] for r in studies.values()]) for s in sources}
+    return {"datalist": str(datalist), "split": split, "fps": fps, "steady_seconds": steady_seconds or 0,
+            "studies": studies, "summary": summary}  # fmt: skip
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -173,6 +182,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Split `{report['split']}` of `{report['datalist']}` ({summary['labels']['studies']} studies, "
         f"{report['fps']:.3g} frames/s); swallows found: "
         + ", ".join(f"{s} {summary[s]['detected']}/{summary[s]['studies']}" for s in sources)
+        + (f"; predicted masks steadied over {report['steady_seconds']:g} s" if "predicted" in sources else "")
         + ". Cells: mean |error| (max |error|) over studies; ✓ = max within the target.",
         "",
         head if "predicted" in sources else head.rsplit(" target (b)", 1)[0],

@@ -1,4 +1,4 @@
-"""Distillation losses, target standardisation (PHI-S) and teacher loss balancing."""
+"""Distillation losses, target standardisation (PHI-S), teacher loss balancing and the segmentation loss."""
 
 from vfss_agglo_bundle.losses.balancing import (
     BALANCERS,
@@ -11,12 +11,14 @@ from vfss_agglo_bundle.losses.balancing import (
     check_balancing,
 )
 from vfss_agglo_bundle.losses.distill import LOSSES, DistillationLoss, cosine, cosine_smooth_l1, get_loss, mse
+from vfss_agglo_bundle.losses.segmentation import DiceBCELoss
 from vfss_agglo_bundle.losses.standardize import PHIStandardizer, hadamard_matrix
 
 __all__ = [
     "BALANCERS",
     "LOSSES",
     "AttentionBalancer",
+    "DiceBCELoss",
     "DistillationLoss",
     "FixedBalancer",
     "LossBalancer",

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from vfss_agglo_bundle.data.datalist import load_datalist
+from vfss_agglo_bundle.data.datalist import load_datalist, spaced_frames
 from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
 from vfss_agglo_bundle.teachers.registry import build_teachers
@@ -38,6 +38,7 @@ def prepare_teacher_store(
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     extra_items: Sequence[Mapping] = (),
+    frames_per_study: int | None = None,
 ) -> dict[str, TeacherFeatureReader]:
     """Fill (or resume, or just check) the feature store of every teacher over the training split (and
     ``extra_items``, e.g. unlabelled frames, :func:`~vfss_agglo_bundle.data.sources.unlabelled_items`).
@@ -50,13 +51,15 @@ def prepare_teacher_store(
         teacher_dir, preset: where the weights are, ``full`` or ``tiny`` (see the registry).
         views, grid, batch_size, device: as :func:`~vfss_agglo_bundle.teachers.store.fill_store`.
         extra_items: more frames to store (items with ``image``, ``study`` and ``frame``).
+        frames_per_study: store only this many evenly spaced frames of each training study
+            (:func:`~vfss_agglo_bundle.data.datalist.spaced_frames`; ``None``: all).
 
     Teachers are built only here and released afterwards. Returns one reader per teacher.
     """
     if not teachers:
         logger.info("teacher store: no teachers configured (from-scratch baseline), nothing to cache")
         return {}
-    items = load_datalist(datalist_file, "training", tasks) + list(extra_items)
+    items = spaced_frames(load_datalist(datalist_file, "training", tasks), frames_per_study) + list(extra_items)
     loader = LoadVFSSFramed(keys=("image",), image_size=image_size)
     logger.info(
         "teacher store: %s over %d frames (%d training, %d unlabelled) x %d views in %s",
