@@ -1,6 +1,6 @@
 """Prepare VFSS data in the bundle's format.
 
-python scripts/prepare_data.py synth --out_dir data/phantom --studies 16 --frames 24
+python scripts/prepare_data.py synth --out_dir data/phantom --studies 100 --frames 8 --test_frames 24
 python scripts/prepare_data.py import_masks --src export/ --out_dir data/vfss
 python scripts/prepare_data.py import_video --video swallow.mp4 --out_dir data/frames
 python scripts/prepare_data.py validate --datalist data/phantom/datalist.json
@@ -22,17 +22,18 @@ from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
 def synth(
     out_dir: str,
-    studies: int = 16,
-    frames: int = 24,
+    studies: int = 100,
+    frames: int = 8,
     image_size: int = 256,
     seed: int = 0,
-    ratios: tuple = (9, 3, 4),
+    ratios: tuple = (80, 8, 12),
     tasks: tuple = DEFAULT_TASKS,
     phantom: str = "v2",
+    test_frames: int | None = 24,
 ) -> str:
-    """Write a phantom dataset (studies x frames) and its datalist split by study (``phantom``: v2, the
-    domain-randomised default, or v1, its plain look)."""
-    return str(synthesize_dataset(out_dir, studies, frames, image_size, seed, ratios, tasks, phantom))
+    """Write a phantom dataset and its datalist split by study: ``frames`` frames per training and validation study,
+    ``test_frames`` per test study (``phantom``: v2, the domain-randomised default, or v1, its plain look)."""
+    return str(synthesize_dataset(out_dir, studies, frames, image_size, seed, ratios, tasks, phantom, test_frames))
 
 
 def import_masks(

@@ -189,7 +189,7 @@ def test_inferring_and_evaluating_import_no_teacher_or_phantom_module(outside_bu
     )
     assert loaded == []
     assert len(list((inferred / "masks").rglob("*.nii.gz"))) == 2
-    synthesize_dataset(tmp_path / "dataset", studies=3, frames=2, image_size=64)
+    synthesize_dataset(tmp_path / "dataset", studies=3, frames=2, test_frames=None, image_size=64)
     evaluated = work / "evaluated"
     loaded = _loaded_in_a_fresh_process(  # from the bundle root, as the zoo runs a bundle
         bundle,
@@ -216,7 +216,8 @@ def test_check_properties_finds_every_model_zoo_property(config, workflow_type, 
     from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
     monkeypatch.chdir(ROOT)
-    synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, image_size=64)  # data, as the zoo's tests make
+    # data, as the zoo's tests make
+    synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, test_frames=None, image_size=64)
     (tmp_path / "frames").mkdir()
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "frames/0000.png")
     workflow = monai.bundle.ConfigWorkflow(

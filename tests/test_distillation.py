@@ -96,7 +96,7 @@ def teachers():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, teachers) -> Store:
     root = tmp_path_factory.mktemp("distill")
-    datalist = synthesize_dataset(root / "data", studies=4, frames=4, image_size=SIZE)
+    datalist = synthesize_dataset(root / "data", studies=4, frames=4, test_frames=None, image_size=SIZE)
     frames = load_datalist(datalist, "training", DEFAULT_TASKS)
     loader = LoadVFSSFramed(keys=("image",), image_size=SIZE)
     readers = fill_store(

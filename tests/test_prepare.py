@@ -20,7 +20,9 @@ TASKS = ["bolus", "pharynx", "c2"]
 
 
 def test_synthesize_writes_a_valid_dataset_split_by_study(tmp_path):
-    path = synthesize_dataset(tmp_path / "ds", studies=5, frames=3, image_size=64, seed=1, tasks=TASKS)
+    path = synthesize_dataset(
+        tmp_path / "ds", studies=5, frames=3, test_frames=None, image_size=64, seed=1, tasks=TASKS
+    )
     dl = json.loads(path.read_text())
     assert dl["tasks"] == TASKS and dl["image_size"] == 64
     assert sum(len(dl[s]) for s in SPLITS) == 15 and all(dl[s] for s in SPLITS)
@@ -29,12 +31,12 @@ def test_synthesize_writes_a_valid_dataset_split_by_study(tmp_path):
     assert read_frame(tmp_path / "ds" / item["image"]).shape == (64, 64)
     assert read_label(tmp_path / "ds" / item["label"]).shape == (3, 64, 64)
     with pytest.raises(FileExistsError, match="datalist.json already exists"):
-        synthesize_dataset(tmp_path / "ds", studies=5, frames=3, image_size=64, tasks=TASKS)
+        synthesize_dataset(tmp_path / "ds", studies=5, frames=3, test_frames=None, image_size=64, tasks=TASKS)
 
 
 def test_synthesize_is_deterministic_and_study_seeds_do_not_depend_on_count(tmp_path):
-    synthesize_dataset(tmp_path / "a", studies=2, frames=2, image_size=64, seed=4, tasks=TASKS)
-    synthesize_dataset(tmp_path / "b", studies=3, frames=2, image_size=64, seed=4, tasks=TASKS)
+    synthesize_dataset(tmp_path / "a", studies=2, frames=2, test_frames=None, image_size=64, seed=4, tasks=TASKS)
+    synthesize_dataset(tmp_path / "b", studies=3, frames=2, test_frames=None, image_size=64, seed=4, tasks=TASKS)
     assert (tmp_path / "a/images/s001/0001.png").read_bytes() == (tmp_path / "b/images/s001/0001.png").read_bytes()
     np.testing.assert_array_equal(
         read_label(tmp_path / "a/labels/s001/0001.nii.gz"), read_label(tmp_path / "b/labels/s001/0001.nii.gz")
@@ -42,40 +44,44 @@ def test_synthesize_is_deterministic_and_study_seeds_do_not_depend_on_count(tmp_
 
 
 def test_ensure_dataset_generates_once_then_reuses_and_checks_tasks(tmp_path, caplog):
-    first = ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64)
+    first = ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, test_frames=None, image_size=64)
     before = (tmp_path / "ds/datalist.json").stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        assert ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64) == first
+        assert ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, test_frames=None, image_size=64) == first
     assert "skipping phantom generation" in caplog.text
     assert (tmp_path / "ds/datalist.json").stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="was built for tasks"):
-        ensure_dataset(tmp_path / "ds", ["bolus", "tongue"], studies=3, frames=2, image_size=64)
+        ensure_dataset(tmp_path / "ds", ["bolus", "tongue"], studies=3, frames=2, test_frames=None, image_size=64)
 
 
 def test_ensure_dataset_refuses_a_phantom_made_with_other_settings(tmp_path):
-    ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64, phantom="v2")
+    ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, test_frames=None, image_size=64, phantom="v2")
     before = (tmp_path / "ds/datalist.json").read_bytes()
     with pytest.raises(
         ValueError, match=r"phantom: made with 'v2', asked for 'v1'; frames: made with 2, asked for 9"
     ) as e:
-        ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=9, image_size=64, phantom="v1")
+        ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=9, test_frames=None, image_size=64, phantom="v1")
     assert "another --dataset_dir" in str(e.value) and "studies" not in str(e.value)
     for other in ({"studies": 4}, {"seed": 1}, {"test_frames": 3}, {"ratios": (1, 1, 1)}):
         with pytest.raises(ValueError, match=f"{next(iter(other))}: made with"):
-            ensure_dataset(tmp_path / "ds", TASKS, **{"studies": 3, "frames": 2, "image_size": 64, **other})
+            ensure_dataset(
+                tmp_path / "ds", TASKS, **{"studies": 3, "frames": 2, "test_frames": None, "image_size": 64, **other}
+            )
     assert (tmp_path / "ds/datalist.json").read_bytes() == before  # never overwritten
     # a datalist from before 0.8.0 records neither test_frames nor ratios: test_frames was frames
     datalist = json.loads(before)
     for key in ("test_frames", "ratios", "image_size"):
         del datalist["source"][key]
     (tmp_path / "ds/datalist.json").write_text(json.dumps(datalist))
-    assert ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, image_size=64, ratios=(1, 1, 1))
+    assert ensure_dataset(
+        tmp_path / "ds", TASKS, studies=3, frames=2, test_frames=None, image_size=64, ratios=(1, 1, 1)
+    )
     with pytest.raises(ValueError, match="test_frames: made with 2, asked for 24"):
         ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, test_frames=24, image_size=64)
     # a user's own data is not a phantom: no phantom settings to compare
     del datalist["source"]
     (tmp_path / "ds/datalist.json").write_text(json.dumps(datalist))
-    assert ensure_dataset(tmp_path / "ds", TASKS, studies=5, frames=7, image_size=64, phantom="v1")
+    assert ensure_dataset(tmp_path / "ds", TASKS, studies=5, frames=7, test_frames=None, image_size=64, phantom="v1")
 
 
 def test_synthesize_gives_test_studies_their_own_length(tmp_path):
@@ -159,7 +165,7 @@ def test_import_video_extracts_grey_frames(tmp_path):
 
 
 def test_preview_writes_a_contact_sheet(tmp_path):
-    path = synthesize_dataset(tmp_path / "ds", studies=3, frames=4, image_size=64, tasks=TASKS)
+    path = synthesize_dataset(tmp_path / "ds", studies=3, frames=4, test_frames=None, image_size=64, tasks=TASKS)
     out = preview_datalist(path, tmp_path / "preview.png", split="training", num=4, cols=2)
     sheet = np.asarray(Image.open(out))
     assert sheet.shape[1] == 128 and sheet.shape[0] > 2 * 64 and sheet.ndim == 3
@@ -168,7 +174,7 @@ def test_preview_writes_a_contact_sheet(tmp_path):
 
 
 def test_cli_validate_exits_nonzero_and_names_the_file(tmp_path):
-    path = synthesize_dataset(tmp_path / "ds", studies=3, frames=1, image_size=64, tasks=TASKS)
+    path = synthesize_dataset(tmp_path / "ds", studies=3, frames=1, test_frames=None, image_size=64, tasks=TASKS)
     item = json.loads(path.read_text())["test"][0]
     (tmp_path / "ds" / item["image"]).write_bytes(b"garbage")
     cli = [sys.executable, str(ROOT / "scripts/prepare_data.py"), "validate", "--datalist", str(path)]

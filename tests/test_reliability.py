@@ -19,7 +19,8 @@ from vfss_agglo_bundle.utils.io import save_torch, write_json
 
 TINY = ["--phantom_studies", "3", "--phantom_frames", "4", "--phantom_test_frames", "4", "--image_size", "64",
         "--teacher_preset", "tiny", "--teachers", "['medsam']", "--distill_epochs", "2", "--seg_epochs", "4",
-        "--val_interval", "1", "--distill_batch_size", "2", "--seg_batch_size", "2"]  # fmt: skip
+        "--val_interval", "1", "--distill_batch_size", "2", "--seg_batch_size", "2",
+        "--distill_frames_per_study", "100"]  # fmt: skip
 
 # Runs `python -m monai.bundle ...` with `target` (module:attribute) wrapped so that its `calls`-th call SIGKILLs the
 # process before it runs: a kill at an exact point, with no clean-up, as `kill -9` or a lost machine would.

@@ -137,7 +137,9 @@ def test_validate_split_steadies_the_predictions_and_never_the_ground_truth(tmp_
     from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
     from vfss_agglo_bundle.utils.io import read_json
 
-    datalist = synthesize_dataset(tmp_path / "data", studies=3, frames=12, image_size=64)  # 3.67 frames/s
+    datalist = synthesize_dataset(
+        tmp_path / "data", studies=3, frames=12, test_frames=None, image_size=64
+    )  # 3.67 frames/s
     items = sorted(load_datalist(datalist, "test"), key=lambda it: int(it["frame"]))
     study, tasks = items[0]["study"], read_json(datalist)["tasks"]
     labels = [read_label(it["label"]) for it in items]

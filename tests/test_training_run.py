@@ -202,7 +202,7 @@ def test_bad_teacher_settings_stop_before_any_work(tmp_path, override, message):
 def test_task_list_that_does_not_match_the_datalist_fails_fast(tmp_path):
     from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
-    synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, image_size=64)
+    synthesize_dataset(tmp_path / "data/phantom", studies=3, frames=1, test_frames=None, image_size=64)
     result = bundle(
         "training",
         "configs/train.yaml",

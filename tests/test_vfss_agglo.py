@@ -39,7 +39,7 @@ class TestVFSSAggloSegmentation(unittest.TestCase):
         self.produce_fake_dataset()
 
     def produce_fake_dataset(self):
-        synthesize_dataset(self.dataset_dir, studies=4, frames=2, image_size=64)
+        synthesize_dataset(self.dataset_dir, studies=4, frames=2, test_frames=None, image_size=64)
         self.frames_dir = os.path.join(self.bundle_root, "frames")
         os.makedirs(self.frames_dir)
         for i in range(2):

@@ -40,11 +40,11 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 BUDGETS: dict[str, dict[str, Any]] = {
-    "full": {},  # the default run's epochs (12 distillation, 40 segmentation)
-    "half": {"distill_epochs": 6, "seg_epochs": 20},
+    "full": {},  # the default run's epochs (16 distillation, 20 segmentation)
+    "half": {"distill_epochs": 8, "seg_epochs": 10},
     "quick": {"distill_epochs": 2, "seg_epochs": 4, "val_interval": 2},
 }
-DEFAULT_BUDGET = "the default run's 12 distillation and 40 segmentation epochs"
+DEFAULT_BUDGET = "the default run's 16 distillation and 20 segmentation epochs"
 BALANCER_ABLATION: tuple[str, ...] = ("fixed", "uncertainty", "mlp", "attention")
 SPECIALIST_TASKS: tuple[str, ...] = ("bolus", "hyoid", "c4")
 

@@ -43,19 +43,19 @@ def study_seed(seed: int, study: int) -> int:
 
 def synthesize_dataset(
     out_dir: PathLike,
-    studies: int = 16,
-    frames: int = 24,
+    studies: int = 100,
+    frames: int = 8,
     image_size: int = 256,
     seed: int = 0,
-    ratios: Sequence[float] = (9, 3, 4),
+    ratios: Sequence[float] = (80, 8, 12),
     tasks: Sequence[str] = DEFAULT_TASKS,
     phantom: str = "v2",
-    test_frames: int | None = None,
+    test_frames: int | None = 24,
 ) -> Path:
     """Write a phantom VFSS dataset and its datalist; returns the datalist path.
 
     The studies are split by study first (:func:`~vfss_agglo_bundle.data.datalist.split_studies`); training and
-    validation studies get ``frames`` frames each, test studies ``test_frames`` (default ``frames``): many short
+    validation studies get ``frames`` frames each, test studies ``test_frames`` (``None``: ``frames``): many short
     studies vary what a study draws (magnification, facing, field of view, shutters, ...) for training, while
     long test studies are what swallow kinematics are measured on. Each study's frames sample one swallow of
     ``duration_s`` (3 s), so its frame rate is ``(n - 1) / 3`` frames a second.
@@ -154,13 +154,13 @@ def check_phantom_settings(datalist_path: PathLike, asked: dict) -> None:
 def ensure_dataset(
     dataset_dir: PathLike,
     tasks: Sequence[str] = DEFAULT_TASKS,
-    studies: int = 16,
-    frames: int = 24,
+    studies: int = 100,
+    frames: int = 8,
     image_size: int = 256,
     seed: int = 0,
-    ratios: Sequence[float] = (9, 3, 4),
+    ratios: Sequence[float] = (80, 8, 12),
     phantom: str = "v2",
-    test_frames: int | None = None,
+    test_frames: int | None = 24,
 ) -> str:
     """Return ``dataset_dir/datalist.json``, generating a phantom dataset (``phantom`` v2 or v1) there first if it
     has none.
@@ -188,7 +188,7 @@ def ensure_dataset(
             )
             return str(datalist_path)
         logger.info(
-            "dataset: no datalist in %s, generating %d phantom %s studies (%d frames each, %d for test studies)",
+            "dataset: no datalist in %s, generating %d phantom studies (%s, %d frames each, %d for test studies)",
             dataset_dir, studies, phantom, frames, frames if test_frames is None else test_frames,
         )  # fmt: skip
         return str(
