@@ -54,7 +54,7 @@ class VFSSSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, 1, S, S]`` -> logits ``[B, num_classes, S, S]``."""
-        return self.decoder(self.encoder(x), x)
+        return self.decoder(self.encoder(x), [x.shape[-2], x.shape[-1]])
 
     def load_encoder(self, path: str | os.PathLike | None) -> None:
         """Load a stage-1 flat encoder state dict; ValueError naming the file and both architectures on mismatch.
