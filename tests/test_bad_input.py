@@ -25,7 +25,8 @@ from vfss_agglo_bundle.data.formats import write_label
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 from vfss_agglo_bundle.teachers.medsam import PRESETS as SAM_PRESETS
 
-TINY = dict(phantom_studies=3, phantom_frames=4, phantom_test_frames=4, image_size=64, teacher_preset="tiny",
+TINY = dict(phantom_studies=3, phantom_frames=4, phantom_test_frames=4, distill_frames_per_study=100, image_size=64,
+            teacher_preset="tiny",
             teachers=["medsam"], distill_epochs=1, seg_epochs=1, val_interval=1, distill_batch_size=2,
             seg_batch_size=2)  # fmt: skip
 SIZE = TINY["image_size"]

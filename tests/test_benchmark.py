@@ -305,6 +305,10 @@ def test_training_throughput_times_both_steps_from_the_engine_s_own_events(monke
     assert list(rows) == ["stage 2, 0.7.0", "stage 2, this version", "stage 2 student encoder alone",
                           "validation forward", "stage 1"]  # fmt: skip
     assert rows["stage 2, 0.7.0"]["speedup"] == pytest.approx(1.0)
+    assert rows["stage 2, this version"]["speedup"] == pytest.approx(
+        rows["stage 2, this version"]["frames_per_s"] / rows["stage 2, 0.7.0"]["frames_per_s"]
+    )
+    assert rows["stage 1"]["speedup"] is None and rows["validation forward"]["speedup"] is None
     for name in ("stage 2, 0.7.0", "stage 2, this version", "stage 1"):
         r = rows[name]
         assert min(r["forward_ms"], r["backward_ms"], r["step_ms"]) > 0, name

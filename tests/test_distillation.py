@@ -280,6 +280,7 @@ def _stage1(bundle_root: Path, **overrides) -> tuple[bool, str, list[str]]:
         "phantom_studies": 3,
         "phantom_frames": 4,
         "phantom_test_frames": 4,
+        "distill_frames_per_study": 100,  # every frame
         "image_size": SIZE,
         "teachers": TEACHERS,
         "teacher_preset": "tiny",

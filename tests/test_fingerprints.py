@@ -24,7 +24,8 @@ from monai.transforms import RandGaussianNoised
 from vfss_agglo_bundle.utils.io import file_sha256
 from vfss_agglo_bundle.workflow.fingerprint import describe, differences, fingerprint
 
-TINY = dict(phantom_studies=3, phantom_frames=4, phantom_test_frames=4, image_size=64, teacher_preset="tiny",
+TINY = dict(phantom_studies=3, phantom_frames=4, phantom_test_frames=4, distill_frames_per_study=100, image_size=64,
+            teacher_preset="tiny",
             teachers=["medsam"], distill_epochs=1, seg_epochs=1, val_interval=1, distill_batch_size=2,
             seg_batch_size=2)  # fmt: skip
 
@@ -64,7 +65,7 @@ CHANGES = {
     "dice lambda": ({"train#loss#lambda_dice": 0.7}, "segmentation", "lambda_dice: 0.5 -> 0.7"),
     "bce lambda": ({"train#loss#lambda_bce": 0.25}, "segmentation", "lambda_bce: 0.5 -> 0.25"),
     "autocast": ({"autocast": "float16"}, "segmentation", "dtype: "),
-    "frames distilled per study": ({"distill_frames_per_study": 1}, "distillation", "data"),
+    "frames distilled per study": ({"distill_frames_per_study": 1}, "distillation", "dataset.data: "),
     "stage 2 weight decay": ({"train#optimizer#weight_decay": 0.05}, "segmentation", "weight_decay: 0.01 -> 0.05"),
     "stage 1 weight decay": (
         {"distill#optimizer#params#0#weight_decay": 0.05},

@@ -24,6 +24,8 @@ TINY = [
     "4",
     "--phantom_test_frames",
     "4",
+    "--distill_frames_per_study",
+    "100",
     "--image_size",
     "64",
     "--teacher_preset",

@@ -21,6 +21,8 @@ TINY = [
     "3",
     "--phantom_test_frames",
     "3",
+    "--distill_frames_per_study",
+    "100",
     "--image_size",
     "64",
     "--teacher_preset",

@@ -17,8 +17,12 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 
-TEST_CASE_TRAIN = {  # train, evaluate
+TEST_CASE_TRAIN = {  # train, evaluate; the phantom settings of the dataset the test writes
     "image_size": 64,
+    "phantom_studies": 4,
+    "phantom_frames": 2,
+    "phantom_test_frames": 2,
+    "distill_frames_per_study": 100,
     "teachers": ["medsam", "rad_dino"],
     "teacher_preset": "tiny",
     "distill_epochs": 1,

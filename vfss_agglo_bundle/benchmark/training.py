@@ -152,7 +152,7 @@ def training_throughput(
         row["total_ms"] = statistics.median(sum(s.values()) for s in samples) * 1e3
         row["frames_per_s"] = batch_size / row["total_ms"] * 1e3
         base = base or row["frames_per_s"]
-        row["speedup"] = row["frames_per_s"] / base
+        row["speedup"] = row["frames_per_s"] / base if name.startswith("stage 2, ") else None  # same work only
         rows.append(row)
     new_row, encoder_row = rows[1], rows[2]
     encoder_share = encoder_row["total_ms"] / new_row["total_ms"]
@@ -216,7 +216,8 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         lines.append(f"| {r['step']} | {r['forward_ms']:.0f} | {r['backward_ms']:.0f} | {r['step_ms']:.0f} | "
-                     f"{r['total_ms']:.0f} | {r['frames_per_s']:.1f} | {r['speedup']:.2f}x |")  # fmt: skip
+                     f"{r['total_ms']:.0f} | {r['frames_per_s']:.1f} | "
+                     f"{'-' if r['speedup'] is None else format(r['speedup'], '.2f') + 'x'} |")  # fmt: skip
     lines += ["", f"Student encoder's share of this version's stage-2 step: {report['encoder_share']:.0%}", "",
               "| data path (one batch) | ms | frames/s |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {r['data']} | {r['ms']:.0f} | {r['frames_per_s']:.1f} |" for r in report["data"]]

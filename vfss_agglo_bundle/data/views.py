@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from vfss_agglo_bundle.data.datalist import frame_key
+from vfss_agglo_bundle.data.datalist import frame_key, load_datalist, spaced_frames
 
 __all__ = ["DEFAULT_VIEW_STRENGTH", "apply_view", "view_items", "view_params"]
 
@@ -90,3 +90,17 @@ def view_items(items: Sequence[Mapping], views: int, unlabelled: Sequence[Mappin
     ``view``; only ``image``, ``study`` and ``frame`` are kept (distillation reads no label)."""
     frames = [{k: item[k] for k in ("image", "study", "frame")} for item in [*items, *unlabelled]]
     return [{**item, "frame_key": frame_key(item), "view": v} for item in frames for v in range(views)]
+
+
+def distill_items(
+    datalist_file: str,
+    tasks: Sequence[str],
+    frames_per_study: int | None,
+    views: int,
+    unlabelled: Sequence[Mapping] = (),
+) -> list[dict]:
+    """Stage 1's items: ``frames_per_study`` evenly spaced frames of each training study
+    (:func:`~vfss_agglo_bundle.data.datalist.spaced_frames`; ``None``: all), then ``unlabelled``, each once per view
+    (:func:`view_items`): the frames the teacher store holds."""
+    training = spaced_frames(load_datalist(datalist_file, "training", tasks), frames_per_study)
+    return view_items(training, views, unlabelled)
