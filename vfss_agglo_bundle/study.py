@@ -34,7 +34,16 @@ from typing import Any
 import numpy as np
 from vfss_agglo_bundle.utils.io import read_json, write_json, write_text
 
-__all__ = ["BUDGETS", "Arm", "bootstrap_difference", "plan_arms", "run_study", "summarise"]
+__all__ = [
+    "BUDGETS",
+    "Arm",
+    "bootstrap_difference",
+    "override_words",
+    "plan_arms",
+    "run_logged",
+    "run_study",
+    "summarise",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +116,15 @@ def phi_s_arm(arms: Sequence[Arm], best_balancer: str) -> Arm:
                {**source.overrides, "balancing": best_balancer, "standardize": "phi_s"})  # fmt: skip
 
 
-def _overrides(values: Mapping[str, Any]) -> list[str]:
+def override_words(values: Mapping[str, Any]) -> list[str]:
+    """Config overrides as `monai.bundle run` command-line words (``--key value``; lists and dicts as literals)."""
     words = []
     for key, value in values.items():
         words += [f"--{key}", repr(value) if isinstance(value, (list, dict)) else str(value)]
     return words
 
 
-def _run(cmd: Sequence[str], log: Path, threads: int) -> float:
+def run_logged(cmd: Sequence[str], log: Path, threads: int) -> float:
     """Run ``cmd`` from the bundle root with its output in ``log``; returns its CPU seconds (user + system)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "GOMP_SPINCOUNT": "10000"}
     with open(log, "a") as out:
@@ -141,11 +151,11 @@ def run_arm(arm: Arm, seed: int, out_dir: Path, common: Sequence[str], threads: 
                 shutil.copy2(source / name, root / "models" / name)
     started = time.time()
     base = [sys.executable, "-m", "monai.bundle", "run"]
-    args = ["--bundle_root", str(root), *common, "--seed", str(seed), *_overrides(arm.overrides)]
-    cpu = _run([*base, "training", "--config_file", "configs/train.yaml", *args], root / "training.log", threads)
+    args = ["--bundle_root", str(root), *common, "--seed", str(seed), *override_words(arm.overrides)]
+    cpu = run_logged([*base, "training", "--config_file", "configs/train.yaml", *args], root / "training.log", threads)
     evaluation = ["--eval_split", "validation", "--output_dir", str(root / "eval/validation")]
-    cpu += _run([*base, "evaluating", "--config_file", "configs/evaluate.yaml", *_evaluate_args(args),
-                 *evaluation], root / "evaluating.log", threads)  # fmt: skip
+    cpu += run_logged([*base, "evaluating", "--config_file", "configs/evaluate.yaml", *_evaluate_args(args),
+                       *evaluation], root / "evaluating.log", threads)  # fmt: skip
     result = {
         "arm": arm.name,
         "group": arm.group,
@@ -395,7 +405,7 @@ def run_study(
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
     common = ["--dataset_dir", str(out_dir / "data"), "--cache_dir", str(out_dir / "cache"), "--data_seed", "0",
               "--device", device, *(["--amp", "True"] if device.startswith("cuda") else []),
-              *_overrides(budget_overrides), *overrides]  # fmt: skip
+              *override_words(budget_overrides), *overrides]  # fmt: skip
     threads = max(1, (os.cpu_count() or 2) // max(1, jobs))
     arms = plan_arms(teachers, extra_sets, specialist_tasks)
     started = time.time()

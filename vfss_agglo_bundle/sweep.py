@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vfss_agglo_bundle.study import override_words, run_logged
 from vfss_agglo_bundle.utils.io import read_json, write_json, write_text
 
 __all__ = ["read_curve", "run_variant", "sweep_markdown", "write_sweep_plot", "write_sweep_report"]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 STAGE1_OUTPUTS = ("student_encoder.pt", "distillation.done.json")
 
 
@@ -53,18 +52,11 @@ def run_variant(
     (root / "models").mkdir(parents=True, exist_ok=True)
     for n in STAGE1_OUTPUTS:
         shutil.copy2(base / "models" / n, root / "models" / n)
-    words = []
-    for key, value in overrides.items():
-        words += [f"--{key}", repr(value) if isinstance(value, (list, dict)) else str(value)]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
            "--bundle_root", str(root), "--dataset_dir", str(base / "data/phantom"), "--cache_dir",
-           str(base / "cache/teachers"), *words]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "GOMP_SPINCOUNT": "10000"}
+           str(base / "cache/teachers"), *override_words(overrides)]  # fmt: skip
     started = time.time()
-    with open(root / "training.log", "a") as log:
-        result = subprocess.run(cmd, cwd=BUNDLE_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"variant {name!r} failed (exit {result.returncode}); see {root / 'training.log'}.")
+    run_logged(cmd, root / "training.log", threads)
     curve = read_curve(root / "logs/segmentation")
     report = read_json(root / "eval/report.json")
     summary = {
