@@ -13,14 +13,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from vfss_agglo_bundle.data.datalist import load_datalist, spaced_frames
+from vfss_agglo_bundle.data.datalist import frame_key, load_datalist, spaced_frames
 from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
 from vfss_agglo_bundle.teachers.registry import build_teachers
-from vfss_agglo_bundle.teachers.store import fill_store
-from vfss_agglo_bundle.utils.distributed import main_process_first
+from vfss_agglo_bundle.teachers.store import TeacherFeatureStore
+from vfss_agglo_bundle.utils.distributed import (
+    every_process_succeeds,
+    is_main_process,
+    main_process_first,
+    process_share,
+)
 
-__all__ = ["head_shapes", "prepare_teacher_store", "signatures", "view_strength"]
+__all__ = ["fill_teacher_stores", "head_shapes", "prepare_teacher_store", "signatures", "view_strength"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,35 +54,79 @@ def prepare_teacher_store(
         cache_dir: root of the stores.
         image_size: side S of the canonical image the teachers see.
         teacher_dir, preset: where the weights are, ``full`` or ``tiny`` (see the registry).
-        views, grid, batch_size, device: as :func:`~vfss_agglo_bundle.teachers.store.fill_store`.
+        views, grid, batch_size, device: as :func:`~vfss_agglo_bundle.teachers.store.fill_store` (``grid``: one
+            bound for every teacher, or a mapping name -> bound).
         extra_items: more frames to store (items with ``image``, ``study`` and ``frame``).
         frames_per_study: store only this many evenly spaced frames of each training study
             (:func:`~vfss_agglo_bundle.data.datalist.spaced_frames`; ``None``: all).
 
-    Teachers are built only here and released afterwards. Returns one reader per teacher.
+    Teachers are built only here and released afterwards (:func:`fill_teacher_stores`). Returns one reader per
+    teacher.
     """
     if not teachers:
         logger.info("teacher store: no teachers configured (from-scratch baseline), nothing to cache")
         return {}
     items = spaced_frames(load_datalist(datalist_file, "training", tasks), frames_per_study) + list(extra_items)
-    loader = LoadVFSSFramed(keys=("image",), image_size=image_size)
     logger.info(
         "teacher store: %s over %d frames (%d training, %d unlabelled) x %d views in %s",
         list(teachers), len(items), len(items) - len(extra_items), len(extra_items), views, cache_dir,
     )  # fmt: skip
-    with main_process_first("filling the teacher store"):  # under torchrun: rank 0 fills it, the others find it
+    return fill_teacher_stores(
+        teachers, items, cache_dir, image_size, teacher_dir, preset, views, grid, batch_size, device
+    )
+
+
+def fill_teacher_stores(
+    teachers: Sequence[str],
+    items: Sequence[Mapping],
+    cache_dir: str | os.PathLike,
+    image_size: int,
+    teacher_dir: str | os.PathLike | None = None,
+    preset: str = "full",
+    views: int = 1,
+    grid: int | Sequence[int] | Mapping[str, Any] | None = None,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+) -> dict[str, TeacherFeatureReader]:
+    """Build the teachers and fill (or resume) their stores for ``items``, shared by every process of a torchrun job.
+
+    Rank 0 builds first (it checks the weights, joins packaged ones and writes each store's ``meta.json``), then the
+    other ranks; each rank fills its own share of the (teacher, frame, view) entries
+    (:func:`~vfss_agglo_bundle.utils.distributed.process_share`), one file per entry, and all wait until every share
+    is done. With one process it fills everything. Arguments as :func:`prepare_teacher_store`.
+
+    Raises:
+        RuntimeError: another rank failed, or an entry is still missing after every share was filled.
+    """
+    loader = LoadVFSSFramed(keys=("image",), image_size=image_size)
+    with main_process_first("building the teachers and opening their stores"):
         models = build_teachers(list(teachers), teacher_dir, preset)
-        readers = fill_store(
-            models,
-            items,
-            cache_dir,
-            lambda item: loader(item)["image"],
-            views=views,
-            grid=grid,
-            batch_size=batch_size,
-            device=device,
-        )
-        del models
+        stores = {
+            name: TeacherFeatureStore(
+                cache_dir, teacher, views=views, grid=grid.get(name) if isinstance(grid, Mapping) else grid
+            )
+            for name, teacher in models.items()
+        }
+    share = process_share()
+    with every_process_succeeds("filling the teacher store"):
+        for store in stores.values():
+            store.fill(
+                items,
+                lambda item: loader(item)["image"],
+                batch_size=batch_size,
+                device=device,
+                progress=is_main_process(),
+                share=share,
+            )
+    readers = {name: store.reader() for name, store in stores.items()}
+    del models, stores  # the teachers (the stores hold them too)
+    for reader in readers.values():
+        missing = reader.missing([frame_key(item) for item in items], views)
+        if missing:
+            raise RuntimeError(
+                f"teacher store {reader.directory}: {len(missing)} of {len(items) * views} entries are missing after "
+                f"the fill (e.g. {missing[0]}); run again to fill them."
+            )
     return readers
 
 

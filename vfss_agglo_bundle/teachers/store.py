@@ -139,13 +139,19 @@ class TeacherFeatureStore:
         """File of (frame ``key``, ``view``)."""
         return feature_path(self.directory, key, view)
 
-    def pending(self, items: Iterable[Mapping]) -> list[tuple[Mapping, str, int]]:
-        """``(item, key, view)`` for every view of every item that is not on disk yet."""
+    def entries(self, items: Iterable[Mapping]) -> list[tuple[Mapping, str, int]]:
+        """``(item, key, view)`` for every view of every item, in a fixed order (frames as given, then views)."""
+        return [(item, key, view) for item in items for key in [frame_key(item)] for view in range(self.views)]
+
+    def pending(self, items: Iterable[Mapping], share: tuple[int, int] = (0, 1)) -> list[tuple[Mapping, str, int]]:
+        """The entries of ``share`` = ``(rank, world)`` (every ``world``-th from ``rank``) that are not on disk yet.
+
+        Shares are cut from the full list, not from what is missing, so they never overlap whatever each process
+        finds on disk, and a fill resumes with any number of processes."""
+        rank, world = share
         return [
             (item, key, view)
-            for item in items
-            for key in [frame_key(item)]
-            for view in range(self.views)
+            for item, key, view in self.entries(items)[rank::world]
             if not self.path(key, view).is_file()
         ]
 
@@ -156,8 +162,9 @@ class TeacherFeatureStore:
         batch_size: int = 1,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        share: tuple[int, int] = (0, 1),
     ) -> int:
-        """Compute and write the missing (frame, view) features; returns how many were written.
+        """Compute and write the missing (frame, view) features of ``share``; returns how many were written.
 
         Args:
             items: datalist items (need ``study`` and ``frame`` for the key, plus what ``image_loader`` reads).
@@ -165,8 +172,10 @@ class TeacherFeatureStore:
             batch_size: views per teacher forward.
             device: where the teacher runs (the teacher is moved there).
             progress: show a tqdm bar.
+            share: ``(rank, world)``: fill only every ``world``-th entry from ``rank`` (``(0, 1)``: all), each
+                written atomically to its own file, so several processes fill one store together.
         """
-        todo = self.pending(items)
+        todo = self.pending(items, share)
         logger.info("teacher %s: %d views to compute in %s", self.teacher.name, len(todo), self.directory)
         if not todo:
             return 0
@@ -229,7 +238,8 @@ def fill_store(
     view_strength: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, TeacherFeatureReader]:
-    """Fill (or resume) the store of every teacher for ``items`` and return a reader per teacher.
+    """Fill (or resume) the store of every teacher for ``items`` in this process and return a reader per teacher
+    (several processes: :func:`~vfss_agglo_bundle.teachers.prepare.prepare_teacher_store`).
 
     Args:
         models: teacher name -> frozen teacher.

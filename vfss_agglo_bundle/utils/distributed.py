@@ -3,8 +3,10 @@
 Every rank check in the package is :func:`is_main_process`; outside ``torchrun`` there is one process, rank 0, and
 every helper here does what a single process needs (nothing, for the ordering ones). ``configs/multi_gpu_train.yaml``
 calls :func:`init_distributed` (with keyword arguments) and :func:`shutdown_distributed`; the steps that write shared
-files (the phantom dataset, the teacher store, standardisation statistics) run under :func:`main_process_first`, and
-the configs' ``is_worker`` (``not is_main_process()``) disables the handlers that only watch a run on other ranks.
+files (the phantom dataset, standardisation statistics, the teacher store's set-up) run under
+:func:`main_process_first`; work that every rank shares (the teacher store's entries, :func:`process_share`) runs
+under :func:`every_process_succeeds`; the configs' ``is_worker`` (``not is_main_process()``) disables the handlers
+that only watch a run on other ranks.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "barrier",
     "broadcast_from_main",
+    "every_process_succeeds",
     "init_distributed",
     "is_distributed",
     "is_main_process",
     "main_process_first",
     "mean_over_ranks",
+    "process_share",
     "shutdown_distributed",
     "unwrap_ddp",
 ]
@@ -75,10 +79,35 @@ def main_process_first(what: str = "this step") -> Iterator[None]:
         idist.broadcast(torch.tensor(int(succeeded)), src=0)
 
 
+def process_share() -> tuple[int, int]:
+    """``(rank, world size)``: this process takes entries ``rank, rank + world, ...`` of work split between ranks
+    (``(0, 1)`` outside a distributed run)."""
+    return idist.get_rank(), idist.get_world_size()
+
+
+@contextlib.contextmanager
+def every_process_succeeds(what: str = "this step") -> Iterator[None]:
+    """Every rank runs the block (its own share of the work), then all wait for each other; when any rank's block
+    raised, that rank re-raises its error and the others stop with an error naming ``what`` and the failed ranks,
+    instead of going on with a share missing. A plain block outside a distributed run."""
+    if not is_distributed():
+        yield
+        return
+    succeeded = False
+    try:
+        yield
+        succeeded = True
+    finally:
+        failed = idist.all_gather(torch.tensor([0 if succeeded else 1]))
+    if succeeded and bool(failed.any()):
+        ranks = [i for i, f in enumerate(failed.tolist()) if f]
+        raise RuntimeError(f"rank(s) {ranks} failed in {what}; their errors are in their logs.")
+
+
 def init_distributed(device: torch.device, timeout_minutes: float = 60.0) -> None:
     """Join the process group ``torchrun`` describes (environment variables), unless already joined: NCCL for a
     CUDA ``device`` (then made this process's current GPU), gloo on the CPU. ``timeout_minutes``: how long a rank
-    waits at a barrier, e.g. while rank 0 fills a large teacher store."""
+    waits at a barrier, e.g. for the slowest share of a large teacher store."""
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
