@@ -12,9 +12,14 @@
     python scripts/benchmark.py video --num_frames 300 --checkpoint models/model.pt
     # one training step split into data, forward, backward and optimizer step, 0.7.0's and this version's interleaved
     python scripts/benchmark.py train
+    # each teacher's seconds a frame at 256 and 512, parameters, GFLOPs and store KiB a frame
+    python scripts/benchmark.py teachers --teachers litemedsam,hed,ct_clip_r152,hog
+    # the teacher-store fill with 1 process x 2 threads, 2 processes x 1 thread and 1 x 1, and how the stores compare
+    python scripts/benchmark.py store_fill
 
 Writes ``<out_dir>/benchmark.{json,md}`` (``run``), ``<out_dir>/inference_ablation.{json,md}`` (``ablate``) or
-``<out_dir>/video_throughput.json`` (``video``), ``<out_dir>/training_throughput.{json,md}`` (``train``); an
+``<out_dir>/video_throughput.json`` (``video``), ``<out_dir>/training_throughput.{json,md}`` (``train``),
+``<out_dir>/teacher_cost.json`` (``teachers``), ``<out_dir>/store_fill.json`` (``store_fill``); an
 existing report is kept beside it under its timestamp. Prints the Markdown table and the teacher/student speed
 ratios at batch 1.
 
@@ -160,6 +165,65 @@ def train(
     print(f"wrote {json_path} and {md_path}")
 
 
+def teachers(
+    teachers: str | Sequence[str] = "litemedsam,hed,ct_clip_r152,hog",
+    sizes: str | Sequence[int] = "256,512",
+    teacher_dir: str | None = None,
+    threads: int = 2,
+    repeats: int = 5,
+    out_dir: str = "eval/benchmark",
+) -> None:
+    """Each teacher's seconds a frame (batch 1, median) and GFLOPs at each input size, parameters and store KiB a
+    frame (real weights: shipped, or under ``teacher_dir``); writes JSON and prints a Markdown table."""
+    from vfss_agglo_bundle.benchmark import teacher_cost
+    from vfss_agglo_bundle.utils.io import write_json
+
+    sizes = [int(s) for s in split_names(sizes)]
+    report = teacher_cost(split_names(teachers), sizes, teacher_dir, threads, repeats)
+    path = f"{out_dir}/teacher_cost.json"
+    write_json(path, report, keep_old=True)
+    header = " | ".join(f"s a frame @{s} | GFLOPs @{s}" for s in sizes)
+    print(f"| teacher | params (M) | input @{sizes[0]} | dense | summary | store KiB a frame | {header} |")
+    print("|---" * (6 + 2 * len(sizes)) + "|")
+    for row in report["rows"]:
+        first = row["sizes"][str(sizes[0])]
+        cells = " | ".join(
+            f"{row['sizes'][str(s)]['seconds']:.3f} | {row['sizes'][str(s)]['gflops']:.1f}"
+            if str(s) in row["sizes"] else "- (fixed input) | -"
+            for s in sizes
+        )  # fmt: skip
+        print(f"| {row['teacher']} | {row['params_m']:.1f} | {first['input']} | {first['dense']} | "
+              f"{first['summary'] or '-'} | {first['store_kib']:.1f} | {cells} |")  # fmt: skip
+    print(f"wrote {path}")
+
+
+def store_fill(
+    teachers: str | Sequence[str] = "litemedsam,hed,ct_clip_r152,hog",
+    studies: int = 8,
+    frames: int = 2,
+    image_size: int = 256,
+    teacher_dir: str | None = None,
+    out_dir: str = "eval/benchmark",
+) -> None:
+    """Wall time of one teacher-store fill with 1 process x 2 threads, 2 processes x 1 thread (gloo) and 1 x 1, over
+    the training frames of a fresh phantom, and how each store compares with the others; writes JSON."""
+    from vfss_agglo_bundle.benchmark import store_fill_processes
+    from vfss_agglo_bundle.utils.io import write_json
+
+    report = store_fill_processes(split_names(teachers), studies, frames, image_size, teacher_dir=teacher_dir)
+    path = f"{out_dir}/store_fill.json"
+    write_json(path, report, keep_old=True)
+    print(f"teacher store of {report['teachers']} over {report['frames']} frames at {image_size}:")
+    for row in report["runs"]:
+        same = row["against_one_process_same_threads"]
+        first = row["against_first"]
+        print(f"  {row['processes']} process(es) x {row['threads']} thread(s): {row['seconds']:.1f} s; against 1 "
+              f"process at the same threads: {same['byte_identical']}/{same['files']} files byte-identical; against "
+              f"1 x 2: {first['byte_identical']}/{first['files']} identical, largest difference "
+              f"{first['max_relative_difference']:.2e} of a tensor's largest value")  # fmt: skip
+    print(f"wrote {path}")
+
+
 def phantom(image_size: int = 256, studies: int = 8, frames: int = 24, out_dir: str = "eval/benchmark") -> None:
     """Frames/s of the phantom (image + labels of 12 structures) per version, with the CPU time (one core when
     CPU ~ wall); writes JSON."""
@@ -180,4 +244,14 @@ if __name__ == "__main__":
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # before torch (and its OpenMP) is loaded by run / ablate
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("vfss_agglo_bundle").setLevel(logging.INFO)  # progress per model, not the exporters' chatter
-    fire.Fire({"run": run, "ablate": ablate, "video": video, "train": train, "phantom": phantom})
+    fire.Fire(
+        {
+            "run": run,
+            "ablate": ablate,
+            "video": video,
+            "train": train,
+            "phantom": phantom,
+            "teachers": teachers,
+            "store_fill": store_fill,
+        }
+    )

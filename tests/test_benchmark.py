@@ -28,9 +28,12 @@ from vfss_agglo_bundle.benchmark import (
 )
 from vfss_agglo_bundle.benchmark.measure import random_images
 from vfss_agglo_bundle.benchmark.targets import distill_step_targets, distill_trainer
+from vfss_agglo_bundle.benchmark.teacher_cost import store_bytes_per_frame, teacher_cost
 from vfss_agglo_bundle.benchmark.video import VARIANTS as VIDEO_VARIANTS
 from vfss_agglo_bundle.engines import DistillationTrainer
+from vfss_agglo_bundle.teachers import hed
 from vfss_agglo_bundle.teachers.registry import build_teacher
+from vfss_agglo_bundle.teachers.store import TeacherFeatureStore
 
 
 def test_count_flops_and_params_of_a_conv():
@@ -63,6 +66,8 @@ def test_teacher_weight_labels(tmp_path):
     names = ["litemedsam", "medsam", "medclip"]
     labels = {t.name: t.weights for t in teacher_targets(names, tmp_path)}
     assert labels == {"litemedsam": REAL, "medsam": TINY, "medclip": TINY}
+    packaged = {t.name: t.weights for t in teacher_targets(["hed", "ct_clip_r152", "hog"], tmp_path)}
+    assert packaged == {"hed": REAL, "ct_clip_r152": REAL, "hog": REAL}
     labels = {t.name: t.weights for t in teacher_targets(names, tmp_path, full_size_random=True)}
     assert labels == {"litemedsam": REAL, "medsam": TINY, "medclip": FULL_RANDOM}
     labels = {t.name: t.weights for t in teacher_targets(names, tmp_path, include_medsam=True)}
@@ -85,6 +90,43 @@ def test_full_size_random_teachers_have_the_real_architecture(name, params_m, gr
     teacher = build_teacher(name, preset="full", random_weights=True)
     assert teacher.name == name and teacher.grid == grid and teacher.dense_dim == dense_dim
     assert count_params(teacher) / 1e6 == pytest.approx(params_m, rel=0.02)
+
+
+def _hed_gflops(size: int) -> float:
+    """HED's FLOPs by hand: each 3x3 conv 2 * 9 * C_in * C_out per output pixel, the 1x1 side and fuse convs
+    2 * C_in each per pixel of their map (FlopCounterMode counts convolutions only)."""
+    layers = hed.PRESETS["full"]["layers"]
+    flops, c_in, side = 0, 3, size
+    for item in [*layers, "M"]:
+        if item == "M":
+            flops += 2 * c_in * side * side  # the side output's 1x1 conv
+            side //= 2
+            continue
+        flops += 2 * 9 * c_in * item * side * side
+        c_in = item
+    return (flops + 2 * 5 * size * size) / 1e9  # the fuse conv
+
+
+def test_teacher_cost_rows_by_hand():
+    report = teacher_cost(["hed", "hog"], sizes=(64, 128), threads=2, repeats=1)
+    hed_row, hog_row = report["rows"]
+    assert hed_row["params_m"] == pytest.approx(14.716171)
+    for size, grid in ((64, 16), (128, 32)):
+        cell = hed_row["sizes"][str(size)]
+        assert cell["input"] == f"3x{size}x{size}" and cell["dense"] == f"6x{grid}x{grid}"
+        assert cell["gflops"] == pytest.approx(_hed_gflops(size), rel=1e-6)
+        assert cell["seconds"] > 0 and cell["summary"] is None
+    assert hog_row["sizes"]["128"]["dense"] == "9x16x16"
+
+
+def test_store_bytes_per_frame_is_the_size_of_a_stored_entry(tmp_path):
+    teacher = build_teacher("ct_clip_r152", None, "tiny")  # dense and summary
+    store = TeacherFeatureStore(tmp_path, teacher)
+    store.fill([{"image": "x", "study": "s", "frame": 0}], lambda item: torch.rand(1, 64, 64), progress=False)
+    spec = teacher.spec
+    assert (
+        store_bytes_per_frame((spec.dense_dim, *spec.grid), spec.summary_dim) == store.path("s/0000", 0).stat().st_size
+    )
 
 
 def test_speed_ratios_pair_each_student_with_each_teacher():
@@ -260,6 +302,33 @@ def test_benchmark_script_writes_reports(tmp_path, capsys):
         ("rad_dino", "teacher"),
     ]
     assert (tmp_path / "benchmark.md").read_text().startswith("# Speed benchmark")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_teachers_command_prints_a_row_per_teacher(tmp_path, capsys):
+    _script().teachers(teachers="hog,hed", sizes="64,128", repeats=1, out_dir=str(tmp_path))
+    printed = capsys.readouterr().out.splitlines()
+    rows = [line for line in printed if line.startswith("| hog") or line.startswith("| hed")]
+    assert rows[1].startswith("| hed | 14.7 | 3x64x64 | 6x16x16 | - | 3.1 | ") and len(rows[1].split("|")) == 12
+    assert json.loads((tmp_path / "teacher_cost.json").read_text())["sizes"] == [64, 128]
+
+
+@pytest.mark.slow
+def test_store_fill_with_two_processes_is_byte_identical_at_the_same_threads(tmp_path, capsys):
+    _script().store_fill(teachers="hog,hed", studies=4, frames=1, image_size=64, out_dir=str(tmp_path))
+    report = json.loads((tmp_path / "store_fill.json").read_text())
+    runs = {(r["processes"], r["threads"]): r for r in report["runs"]}
+    assert set(runs) == {(1, 2), (2, 1), (1, 1)} and report["frames"] == 2
+    two = runs[(2, 1)]["against_one_process_same_threads"]
+    assert two["same_files"] and two["byte_identical"] == two["files"] == 2 * 2 + 2  # entries + meta.json
+    assert runs[(2, 1)]["against_first"]["max_relative_difference"] < 2**-10  # other threads: fp16 rounding
+    assert "2 process(es) x 1 thread(s)" in capsys.readouterr().out
 
 
 def test_inference_ablation_rows(tmp_path):

@@ -133,7 +133,8 @@ def teacher_targets(
 ) -> list[Target]:
     """One row per teacher, choosing its weights in this order.
 
-    ``litemedsam`` always has its real (shipped) weights. Another teacher whose weights exist under
+    Teachers whose weights ship in packages (``litemedsam``, ``hed``, ``ct_clip_r152``) or that have none (``hog``)
+    always run real. Another teacher whose weights exist under
     ``teacher_dir`` is built from them. Otherwise: MedSAM runs full-size with random weights only with
     ``include_medsam`` (about 22 s a frame on 2 CPU cores), the others only with ``full_size_random``; in every other
     case the tiny preset stands in, labelled ``tiny (random) - not representative``.
@@ -143,7 +144,8 @@ def teacher_targets(
     targets = []
     for name in names:
         path = expected_weight_path(name, teacher_dir)
-        if name == "litemedsam" or (path is not None and path.exists()):
+        builder = TEACHERS[name]
+        if builder.weights is None or builder.packaged or (path is not None and path.exists()):
             weights, make = REAL, lambda name=name: build_teacher(name, teacher_dir, "full")
         elif include_medsam if name == "medsam" else full_size_random:
             weights, make = FULL_RANDOM, lambda name=name: build_teacher(name, preset="full", random_weights=True)
