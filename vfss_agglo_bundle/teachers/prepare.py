@@ -17,7 +17,7 @@ from vfss_agglo_bundle.data.datalist import frame_key, load_datalist, spaced_fra
 from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed
 from vfss_agglo_bundle.teachers.registry import build_teachers
-from vfss_agglo_bundle.teachers.store import TeacherFeatureStore
+from vfss_agglo_bundle.teachers.store import open_stores
 from vfss_agglo_bundle.utils.distributed import (
     every_process_succeeds,
     is_main_process,
@@ -54,8 +54,8 @@ def prepare_teacher_store(
         cache_dir: root of the stores.
         image_size: side S of the canonical image the teachers see.
         teacher_dir, preset: where the weights are, ``full`` or ``tiny`` (see the registry).
-        views, grid, batch_size, device: as :func:`~vfss_agglo_bundle.teachers.store.fill_store` (``grid``: one
-            bound for every teacher, or a mapping name -> bound).
+        views, grid, batch_size, device: as :func:`~vfss_agglo_bundle.teachers.store.fill_store` (one process of
+            the same fill).
         extra_items: more frames to store (items with ``image``, ``study`` and ``frame``).
         frames_per_study: store only this many evenly spaced frames of each training study
             (:func:`~vfss_agglo_bundle.data.datalist.spaced_frames`; ``None``: all).
@@ -92,21 +92,18 @@ def fill_teacher_stores(
 
     Rank 0 builds first (it checks the weights, joins packaged ones and writes each store's ``meta.json``), then the
     other ranks; each rank fills its own share of the (teacher, frame, view) entries
-    (:func:`~vfss_agglo_bundle.utils.distributed.process_share`), one file per entry, and all wait until every share
-    is done. With one process it fills everything. Arguments as :func:`prepare_teacher_store`.
+    (:func:`~vfss_agglo_bundle.utils.distributed.process_share`: every ``world``-th frame, all its views), one file per
+    entry, and all wait until every share is done; a rank that fails while building or filling stops the others with
+    an error. With one process it fills everything, exactly as before. With ``batch_size`` 1 the entries are
+    byte-identical to a one-process fill at the same threads per process (larger batches group entries differently
+    between the ranks, which changes float rounding). Arguments as :func:`prepare_teacher_store`.
 
     Raises:
         RuntimeError: another rank failed, or an entry is still missing after every share was filled.
     """
     loader = LoadVFSSFramed(keys=("image",), image_size=image_size)
-    with main_process_first("building the teachers and opening their stores"):
-        models = build_teachers(list(teachers), teacher_dir, preset)
-        stores = {
-            name: TeacherFeatureStore(
-                cache_dir, teacher, views=views, grid=grid.get(name) if isinstance(grid, Mapping) else grid
-            )
-            for name, teacher in models.items()
-        }
+    with every_process_succeeds("building the teachers"), main_process_first("building the teachers"):
+        stores = open_stores(build_teachers(list(teachers), teacher_dir, preset), cache_dir, views, grid)
     share = process_share()
     with every_process_succeeds("filling the teacher store"):
         for store in stores.values():
@@ -119,7 +116,7 @@ def fill_teacher_stores(
                 share=share,
             )
     readers = {name: store.reader() for name, store in stores.items()}
-    del models, stores  # the teachers (the stores hold them too)
+    del stores  # and with them the teachers
     for reader in readers.values():
         missing = reader.missing([frame_key(item) for item in items], views)
         if missing:

