@@ -1,10 +1,14 @@
-"""The paper's experiment: scratch vs one teacher vs two, the loss balancers, specialists; seeds and error bars.
+"""The study at convergence: scratch, each teacher, four teachers, the balancers and PHI-S, specialists and label
+efficiency, each under the frozen-encoder probe and/or fine-tuning, 3 seeds; resumable across days and machines.
 
-    python scripts/study.py                                  # litemedsam / hog / both, 3 seeds, default budget
-    python scripts/study.py --budget half --jobs 2           # half the epochs, two runs at a time (1 thread each)
-    python scripts/study.py --sets "{'paper': ['medsam','rad_dino','medclip']}" --overrides "['--teacher_dir','/w']"
+    python scripts/study.py run                          # every run still missing, in plan order (resumable)
+    python scripts/study.py run --max_runs 4             # at most 4 runs now
+    python scripts/study.py run --only "['default-finetune']" --seeds "[0]"
+    python scripts/study.py plan                         # the runs, done or not
+    python scripts/study.py report                       # docs/study.md and docs/study.png from the summaries alone
 
-Writes <out_dir>/study.{md,json,png} (and keeps the runs under <out_dir>/runs/); run it again to resume.
+Each finished run writes docs/study/runs/<arm>-<protocol>-s<seed>.json (commit it); a run whose summary exists for
+the same fingerprint (settings, seed, device type) is skipped. The runs themselves live under --work_dir.
 """
 
 from __future__ import annotations
@@ -12,26 +16,42 @@ from __future__ import annotations
 import logging
 
 import fire
-from vfss_agglo_bundle.study import SPECIALIST_TASKS, run_study
+from vfss_agglo_bundle.study import choose, load_summaries, plan_runs, run_study
+
+SUMMARIES = "docs/study/runs"
 
 
-def main(
-    out_dir: str = "eval/study",
+def run(
+    work_dir: str = "eval/study",
+    summaries: str = SUMMARIES,
     seeds: tuple = (0, 1, 2),
-    budget: str = "full",
-    teachers: tuple = ("litemedsam", "hog"),
-    sets: dict | None = None,
-    specialists: tuple = SPECIALIST_TASKS,
-    overrides: tuple = (),
-    jobs: int = 1,
-    device: str | None = None,
-) -> str:
-    """Run or resume the study; prints where the report is."""
-    run_study(out_dir, list(seeds), budget, list(teachers), sets, list(specialists), [str(o) for o in overrides],
-              jobs, device)  # fmt: skip
-    return f"{out_dir}/study.md"
+    device: str = "cpu",
+    threads: int = 2,
+    only: tuple | None = None,
+    max_runs: int | None = None,
+) -> None:
+    """Run (or resume) the study's missing runs."""
+    done = run_study(work_dir, summaries, list(seeds), device, threads, only=only, max_runs=max_runs)
+    print(f"{len(done)} run(s) done now: {', '.join(done) or '-'}")
+
+
+def plan(summaries: str = SUMMARIES, seeds: tuple = (0, 1, 2)) -> None:
+    """Print every run the study plans now, and whether its summary exists."""
+    finished = load_summaries(summaries)
+    choices = choose(finished, list(seeds))
+    print(choices)
+    for r in plan_runs(list(seeds), choices):
+        state = "done" if r.name in finished else "to do"
+        print(f"{state:6s} {r.name:40s} {r.group:12s} {r.config_overrides()}")
+
+
+def report(summaries: str = SUMMARIES, out: str = "docs/study.md") -> None:
+    """Rebuild the study report and its figure from the run summaries alone."""
+    from vfss_agglo_bundle.study.report import write_report
+
+    print(write_report(summaries, out))
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    fire.Fire(main)
+    fire.Fire({"run": run, "plan": plan, "report": report})

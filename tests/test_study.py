@@ -1,4 +1,7 @@
-"""scripts/study.py: arms, paired bootstrap intervals, and a tiny end-to-end study on shared data."""
+"""The study: its plan and choices, run fingerprints, paired bootstrap intervals, the report rebuilt from summaries
+alone (byte for byte), the frozen-encoder probe, label fractions, and a tiny end-to-end run that shares stage 1."""
+
+from __future__ import annotations
 
 import json
 import subprocess
@@ -6,94 +9,159 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT
-from vfss_agglo_bundle.study import Arm, bootstrap_difference, phi_s_arm, plan_arms, summarise
+from vfss_agglo_bundle.data.datalist import study_fraction
+from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
+from vfss_agglo_bundle.study import ALL_TEACHERS, Choices, Run, choose, plan_runs, run_fingerprint
+from vfss_agglo_bundle.study.report import bootstrap_difference, compare, markdown, write_report
+
+SEEDS = (0, 1, 2)
 
 
-def test_the_arms_of_the_study():
-    arms = plan_arms(("litemedsam", "hog"), extra_sets={"paper": ["medsam", "rad_dino", "medclip"]})
-    names = [a.name for a in arms]
-    assert names[:5] == ["scratch", "litemedsam", "hog", "litemedsam+hog", "paper"]
-    assert [a.overrides["balancing"] for a in arms if a.group == "balancers"] == ["fixed", "uncertainty", "mlp"]
-    specialists = [a for a in arms if a.group == "specialists"]
-    assert [a.overrides["tasks"] for a in specialists] == [["bolus"], ["hyoid"], ["c4"]]
-    assert all(a.stage1_from == "litemedsam+hog" for a in specialists)
-    phi = phi_s_arm(arms, "mlp")
-    assert phi.overrides == {"teachers": ["litemedsam", "hog"], "balancing": "mlp", "standardize": "phi_s"}
-    with pytest.raises(ValueError, match="two teachers"):
-        plan_arms(("litemedsam",))
+def test_the_plan_before_and_after_the_probe_choices():
+    runs = {r.name: r for r in plan_runs(SEEDS)}
+    assert len(runs) == 3 * (1 + 4 + 5) + 3 * (2 + 3 + 3) + 1  # probe arms, finetune arms, the doubled run
+    assert runs["hed-probe-s1"].config_overrides() == {"freeze_encoder": True, "teachers": ["hed"]}
+    assert runs["all4-fixed-phis-probe-s0"].overrides == {
+        "teachers": list(ALL_TEACHERS), "balancing": "fixed", "standardize": "phi_s"}  # fmt: skip
+    assert runs["default-finetune-s2"].overrides == {"teachers": ["litemedsam", "hog"], "balancing": "attention"}
+    assert runs["scratch-f0.125-finetune-s0"].overrides == {
+        "teachers": [],
+        "labelled_fraction": 0.125,
+        "seg_epochs": 160,
+        "val_interval": 16,
+    }  # same optimizer steps
+    # a probe and a finetune run with the same teachers, balancer and seed share stage 1; the specialists the default's
+    assert runs["c4-specialist-finetune-s1"].stage1_key == runs["default-finetune-s1"].stage1_key
+    assert runs["default-2x-finetune-s0"].stage1_key != runs["default-finetune-s0"].stage1_key
+    assert runs["scratch-probe-s0"].stage1_key == ""
+    later = {r.name: r for r in plan_runs(SEEDS, Choices("hed", ("litemedsam", "hed"), True, "attention-phis"))}
+    assert later["all4-mlp-phis-probe-s2"].overrides["standardize"] == "phi_s"
+    assert later["pair-litemedsam+hed-probe-s0"].overrides == {"teachers": ["litemedsam", "hed"]}
+    assert later["all4-attention-phis-finetune-s0"].stage1_key == later["all4-attention-phis-probe-s0"].stage1_key
+    assert "all4-attention-phis-f0.5-finetune-s2" in later and "hed-finetune-s1" in later
+    first = [r.seed for r in plan_runs(SEEDS)]
+    assert first == sorted(first)  # seed by seed
 
 
-def test_bootstrap_interval_of_paired_differences():
-    mean, low, high = bootstrap_difference(np.full((3, 4), 0.02))
-    assert mean == pytest.approx(0.02) and low == pytest.approx(0.02) and high == pytest.approx(0.02)
-    noise = np.random.default_rng(0).normal(0.0, 0.05, (3, 4))
-    mean, low, high = bootstrap_difference(noise)
-    assert low < mean < high and low < 0 < high  # no effect: the interval straddles 0
-    shifted = bootstrap_difference(noise + 0.2)
-    assert shifted[1] > 0 and shifted[0] == pytest.approx(mean + 0.2)
+def test_fingerprints_name_settings_seed_and_device():
+    run = Run("hed", "probe", 0, "teachers", {"teachers": ["hed"]})
+    base = run_fingerprint(run, {}, "cpu")
+    assert base == run_fingerprint(Run("hed", "probe", 0, "teachers", {"teachers": ["hed"]}), {}, "cpu")
+    assert base != run_fingerprint(run, {}, "cuda")
+    assert base != run_fingerprint(run, {"seg_epochs": 2}, "cpu")
+    assert base != run_fingerprint(Run("hed", "probe", 1, "teachers", {"teachers": ["hed"]}), {}, "cpu")
 
 
-def _result(arm: str, seed: int, study_dice: dict, validation: float) -> dict:
-    mean = float(np.mean(list(study_dice.values())))
-    rows = [{"task": "bolus", "dice": mean}, {"task": "mean", "dice": mean, "dice_present": mean, "fp_rate": 0.1}]
-    studies = {s: {"mean": {"dice": d}, "bolus": {"dice": d}} for s, d in study_dice.items()}
+def _summary(arm: str, protocol: str, seed: int, studies: dict, validation: float, device: str = "cpu") -> dict:
+    mean = float(np.mean(list(studies.values())))
+    rows = {t: {"dice": mean, "dice_present": mean, "fp_rate": 0.1} for t in ("bolus", "hyoid", "c4", "mean")}
     return {
-        "arm": arm,
-        "seed": seed,
-        "cpu_seconds": 60.0,
-        "test": {"rows": rows, "studies": studies},
-        "validation": {"rows": [{"task": "mean", "dice": validation}]},
-    }
+        "run": f"{arm}-{protocol}-s{seed}", "arm": arm, "protocol": protocol, "seed": seed, "group": "teachers",
+        "device": device, "cpu_minutes": 10.0, "validation_mean_dice": validation, "fingerprint": "x",
+        "versions": {"vfss_agglo_bundle": "0.9.0"},
+        "test": {"tasks": rows, "studies": {s: dict.fromkeys(("bolus", "hyoid", "c4", "mean"), d)
+                                            for s, d in studies.items()}},
+    }  # fmt: skip
 
 
-def test_summary_pairs_arms_by_seed_and_study():
-    arms = [
-        Arm("scratch", "teachers", {"teachers": []}),
-        Arm("a", "teachers", {"teachers": ["a"]}),
-        Arm("b", "teachers", {"teachers": ["b"]}),
-        Arm("a+b", "teachers", {"teachers": ["a", "b"]}),
-    ]
-    base = {"s1": 0.5, "s2": 0.6}
-    results = {
-        "scratch": [_result("scratch", s, base, 0.5) for s in (0, 1)],
-        "a": [_result("a", s, {k: v + 0.01 for k, v in base.items()}, 0.52) for s in (0, 1)],
-        "b": [_result("b", s, {k: v + 0.03 for k, v in base.items()}, 0.51) for s in (0, 1)],
-        "a+b": [_result("a+b", s, {k: v + 0.05 for k, v in base.items()}, 0.55) for s in (0, 1)],
-    }
-    summary = summarise(results, arms, ["bolus"])
-    assert summary["table"]["a+b"]["mean"] == pytest.approx(0.6) and summary["table"]["a+b"]["sd"] == 0.0
-    comparisons = {(c["a"], c["b"]): c for c in summary["comparisons"]}
-    assert comparisons[("b", "scratch")]["mean"] == pytest.approx(0.03)
-    # the best single teacher is chosen on validation (a: 0.52), not on test (b would win there)
-    assert comparisons[("a+b", "a")]["mean"] == pytest.approx(0.04) and ("a+b", "b") not in comparisons
+def _summaries(shift: dict[str, float], validation: dict[str, float], seeds=SEEDS, protocol="probe") -> dict:
+    base = {"s01": 0.5, "s02": 0.6, "s03": 0.7}
+    found = {}
+    for arm, delta in shift.items():
+        for seed in seeds:
+            s = _summary(arm, protocol, seed, {k: v + delta + 0.01 * seed for k, v in base.items()}, validation[arm])
+            found[s["run"]] = s
+    return found
+
+
+def test_choices_come_from_probe_validation_never_test():
+    shift = {"litemedsam": 0.01, "hog": 0.0, "hed": 0.05, "ct_clip_r152": 0.02}
+    validation = {"litemedsam": 0.8, "hog": 0.7, "hed": 0.6, "ct_clip_r152": 0.75}  # hed best on test, worst here
+    found = _summaries(shift, validation)
+    assert choose(found, SEEDS).best_single == "litemedsam"
+    assert choose(found, SEEDS).best_pair == ("litemedsam", "ct_clip_r152")
+    del found["hog-probe-s2"]
+    assert choose(found, SEEDS).best_single is None  # a seed is missing: no choice yet
+
+
+def test_paired_difference_by_hand_and_bootstrap():
+    found = _summaries({"scratch": 0.0, "hed": 0.03}, {"scratch": 0.5, "hed": 0.6})
+    c = compare(found, ("hed", "probe"), ("scratch", "probe"))
+    assert c["mean"] == pytest.approx(0.03) and c["low"] == pytest.approx(0.03) and c["seeds"] == 3
+    found["hed-probe-s0"]["device"] = "cuda"  # another device type is never compared
+    assert compare(found, ("hed", "probe"), ("scratch", "probe")) is None
+    noise = np.random.default_rng(0).normal(0.0, 0.05, (3, 12))
+    mean, low, high = bootstrap_difference(noise)
+    assert low < mean < high and low < 0 < high
+    assert bootstrap_difference(noise + 0.2)[1] > 0
+
+
+def test_the_report_is_rebuilt_from_summaries_byte_for_byte(tmp_path):
+    found = _summaries({"scratch": 0.0, "litemedsam": 0.02}, {"scratch": 0.5, "litemedsam": 0.6})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name, s in found.items():
+        (runs / f"{name}.json").write_text(json.dumps(s))
+    (runs / "litemedsam-probe-s0.20261201-000000.json").write_text(json.dumps({**found["litemedsam-probe-s0"]}))
+    first = markdown(found)
+    assert "| litemedsam (probe) - scratch (probe) | mean | 3 | +0.0200 |" in first
+    assert "Still to run" in first and "## 6. Dice against the number of labelled" in first
+    write_report(runs, tmp_path / "study.md")
+    text = (tmp_path / "study.md").read_text()
+    assert text == first  # the older copy beside a summary is not read
+    subprocess.run([sys.executable, "scripts/study.py", "report", "--summaries", str(runs), "--out",
+                    str(tmp_path / "again.md")], cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    assert (tmp_path / "again.md").read_bytes() == (tmp_path / "study.md").read_bytes()
+    assert (tmp_path / "study.png").stat().st_size > 5000
+
+
+def test_label_fractions_are_nested_and_seeded():
+    items = [{"study": f"s{i:03d}", "frame": f} for i in range(80) for f in range(2)]
+    eighth, half = study_fraction(items, 0.125, seed=1), study_fraction(items, 0.5, seed=1)
+    assert len({i["study"] for i in eighth}) == 10 and len({i["study"] for i in half}) == 40
+    assert {i["study"] for i in eighth} <= {i["study"] for i in half}
+    assert {i["study"] for i in eighth} != {i["study"] for i in study_fraction(items, 0.125, seed=2)}
+    assert study_fraction(items, 1.0) == items
+    with pytest.raises(ValueError, match="labelled_fraction"):
+        study_fraction(items, 0.0)
+
+
+def test_the_probe_keeps_the_encoder_frozen_batch_norm_too():
+    net = VFSSSegmenter(num_classes=2)
+    groups = net.param_groups(1e-3, freeze_encoder=True)
+    assert len(groups) == 1 and not any(p.requires_grad for p in net.encoder.parameters())
+    net.train()
+    assert not any(m.training for m in net.encoder.modules()) and net.decoder.training
+    stats = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+    net(torch.rand(2, 1, 64, 64))
+    assert all(torch.equal(stats[k], v) for k, v in net.encoder.state_dict().items())  # running stats unchanged
 
 
 @pytest.mark.slow
-def test_a_tiny_study_runs_every_arm_on_shared_data(tmp_path):
-    overrides = ["--phantom_studies", "5", "--phantom_frames", "2", "--phantom_test_frames", "2", "--image_size", "64",
-                 "--teacher_preset", "tiny", "--distill_batch_size", "2", "--seg_batch_size", "2"]  # fmt: skip
-    cmd = [sys.executable, "scripts/study.py", "--out_dir", str(tmp_path), "--seeds", "[0]", "--budget", "quick",
-           "--teachers", "['medsam','hog']", "--specialists", "['c4']", "--overrides", repr(overrides)]  # fmt: skip
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = json.loads((tmp_path / "study.json").read_text())
-    best = study["settings"]["best_balancer_by_validation"]
-    assert set(study["table"]) == {
-        "scratch",
-        "medsam",
-        "hog",
-        "medsam+hog",
-        "medsam+hog fixed",
-        "medsam+hog uncertainty",
-        "medsam+hog mlp",
-        "c4 specialist",
-        f"medsam+hog {best} + PHI-S",
-    }
-    assert (tmp_path / "cache").is_dir() and not list((tmp_path / "runs").rglob("cache"))  # one shared store
-    specialist = tmp_path / "runs/c4_specialist/seed0/training.log"
-    assert "stage distillation: outputs found" in specialist.read_text()  # the two-teacher stage 1, reused
-    assert study["runs"]["c4 specialist"][0]["test"]["tasks"] == ["c4"]
-    text = (tmp_path / "study.md").read_text()
-    assert "95% bootstrap CI" in text and "## What the numbers support" in text
-    assert (tmp_path / "study.png").stat().st_size > 5000
+def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
+    common = {"phantom_studies": 5, "phantom_frames": 2, "phantom_test_frames": 2, "image_size": 64,
+              "distill_frames_per_study": 100, "teacher_preset": "tiny", "distill_epochs": 1, "seg_epochs": 1,
+              "val_interval": 1, "distill_batch_size": 2, "seg_batch_size": 2}  # fmt: skip
+    code = (
+        "import sys; from vfss_agglo_bundle.study import run_study; "
+        f"print(run_study({str(tmp_path)!r}, {str(tmp_path / 'runs')!r}, [0], common={common!r}, "
+        "only=['hed-probe', 'scratch-probe', 'default-finetune', 'c4-specialist-finetune']))"
+    )
+    first = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    order = "['scratch-probe-s0', 'hed-probe-s0', 'default-finetune-s0', 'c4-specialist-finetune-s0']"
+    assert order in first.stdout
+    summary = json.loads((tmp_path / "runs" / "hed-probe-s0.json").read_text())
+    assert summary["protocol"] == "probe" and summary["overrides"]["freeze_encoder"] is True
+    assert set(summary["test"]["tasks"]) >= {"bolus", "c4", "mean"} and len(summary["test"]["studies"]) >= 1
+    assert summary["cpu_minutes"] > 0 and summary["device"] == "cpu" and not summary["stage1_shared"]
+    specialist = json.loads((tmp_path / "runs" / "c4-specialist-finetune-s0.json").read_text())
+    assert specialist["stage1_shared"] and set(specialist["test"]["tasks"]) == {"c4", "mean"}
+    log = (tmp_path / "runs" / "c4-specialist-finetune-s0" / "training.log").read_text()
+    assert "stage distillation: outputs found" in log  # the default run's stage 1, reused
+    before = (tmp_path / "runs" / "hed-probe-s0.json").read_bytes()
+    again = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "[]" in again.stdout  # nothing to do: both summaries match their fingerprints
+    assert (tmp_path / "runs" / "hed-probe-s0.json").read_bytes() == before

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vfss_agglo_bundle.study import override_words, run_logged
+from vfss_agglo_bundle.study.runner import override_words, run_logged
 from vfss_agglo_bundle.utils.io import read_json, write_json, write_text
 
 __all__ = ["read_curve", "run_variant", "sweep_markdown", "write_sweep_plot", "write_sweep_report"]

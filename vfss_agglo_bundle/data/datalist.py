@@ -98,6 +98,22 @@ def spaced_frames(items: Sequence[dict], per_study: int | None) -> list[dict]:
     return [item for item in items if id(item) in chosen]
 
 
+def study_fraction(items: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """The items of ``round(fraction * n)`` (at least 1) of the ``n`` studies of ``items``, drawn with ``seed``.
+
+    One seeded permutation of the sorted study names, cut at the front: for one seed, a smaller fraction's studies
+    are part of every larger one's. ``fraction`` 1 keeps every item. Items keep their order.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"labelled_fraction must be in (0, 1], got {fraction}.")
+    studies = sorted({item["study"] for item in items})
+    if fraction == 1.0:
+        return list(items)
+    order = np.random.default_rng(seed).permutation(len(studies))
+    keep = {studies[i] for i in order[: max(1, round(fraction * len(studies)))]}
+    return [item for item in items if item["study"] in keep]
+
+
 def load_datalist(path: PathLike, split: str, tasks: Sequence[str] | None = None) -> list[dict]:
     """Read one split of a datalist with ``image``/``label`` as absolute paths.
 

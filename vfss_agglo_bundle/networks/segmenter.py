@@ -72,11 +72,21 @@ class VFSSSegmenter(nn.Module):
         """Optimizer parameter groups for stage 2: the encoder at ``lr * encoder_lr_scale``, then the decoder.
 
         ``freeze_encoder`` turns the encoder's ``requires_grad`` off here (before any DDP wrapper registers the
-        parameters) and leaves it out of the groups, so only the decoder is trained.
+        parameters) and leaves it out of the groups, so only the decoder is trained; the encoder then also stays in
+        eval mode (its batch-norm statistics frozen too: a linear-probe-style frozen encoder).
         """
         self.encoder.requires_grad_(not freeze_encoder)
+        self._encoder_frozen = bool(freeze_encoder)
+        self.train(self.training)
         groups = [] if freeze_encoder else [{"params": list(self.encoder.parameters()), "lr": lr * encoder_lr_scale}]
         return groups + [{"params": list(self.decoder.parameters())}]
+
+    def train(self, mode: bool = True) -> VFSSSegmenter:
+        """As ``nn.Module.train``, except that a frozen encoder (``param_groups(freeze_encoder=True)``) stays in eval."""
+        super().train(mode)
+        if getattr(self, "_encoder_frozen", False):
+            self.encoder.train(False)
+        return self
 
     def load_checkpoint(self, path: str | os.PathLike) -> VFSSSegmenter:
         """Strictly load a flat state dict of the whole segmenter (``models/model.pt``); returns ``self``.

@@ -1,0 +1,257 @@
+"""The study report, rebuilt from the committed run summaries alone (``docs/study/runs/*.json``): per-arm tables,
+paired differences with 95% bootstrap intervals for the study's six questions, and one figure.
+
+Everything is deterministic (sorted inputs, a fixed bootstrap seed, no dates), so ``scripts/study.py report`` gives
+the same ``docs/study.md`` byte for byte on any machine. A question whose runs are not all done yet says which are
+missing instead of answering.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from vfss_agglo_bundle.study.plan import ALL_TEACHERS, FRACTIONS, SPECIALIST_TASKS, choose, plan_runs
+from vfss_agglo_bundle.study.runner import load_summaries
+from vfss_agglo_bundle.utils.io import atomic_path, write_text
+
+__all__ = ["Comparison", "bootstrap_difference", "bootstrap_mean", "compare", "markdown", "write_report"]
+
+RESAMPLES = 10_000
+Summaries = Mapping[str, Mapping[str, Any]]
+Comparison = dict[str, Any]
+TRAINING_STUDIES = 80  # the default phantom's training split
+
+
+def _bootstrap(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n_seeds, n_studies = values.shape
+    rows = rng.integers(0, n_seeds, (resamples, n_seeds))
+    cols = rng.integers(0, n_studies, (resamples, n_studies))
+    return np.array([values[np.ix_(r, c)].mean() for r, c in zip(rows, cols, strict=True)])
+
+
+def bootstrap_difference(differences: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, ...]:
+    """Mean and 95% percentile bootstrap interval of ``[seeds, studies]`` paired differences, resampling seeds and
+    test studies (both with replacement)."""
+    values = np.asarray(differences, dtype=float)
+    low, high = np.percentile(_bootstrap(values, resamples, seed), [2.5, 97.5])
+    return float(values.mean()), float(low), float(high)
+
+
+bootstrap_mean = bootstrap_difference  # the same interval, of ``[seeds, studies]`` values rather than differences
+
+
+def _runs(summaries: Summaries, arm: str, protocol: str) -> dict[int, Mapping[str, Any]]:
+    prefix = f"{arm}-{protocol}-s"
+    return {s["seed"]: s for name, s in summaries.items() if name.startswith(prefix) and name[len(prefix) :].isdigit()}
+
+
+def _study_values(summary: Mapping[str, Any], task: str) -> dict[str, float]:
+    return {study: values[task] for study, values in summary["test"]["studies"].items() if task in values}
+
+
+def compare(summaries: Summaries, a: tuple[str, str], b: tuple[str, str], task: str = "mean") -> Comparison | None:
+    """Paired difference ``a - b`` of test Dice (``(arm, protocol)`` each) over their common seeds and test studies,
+    with its 95% bootstrap interval; None when they share no seed or one was run on another device type."""
+    runs_a, runs_b = _runs(summaries, *a), _runs(summaries, *b)
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not seeds or {runs_a[s]["device"] for s in seeds} != {runs_b[s]["device"] for s in seeds}:
+        return None
+    per_seed = [(_study_values(runs_a[s], task), _study_values(runs_b[s], task)) for s in seeds]
+    studies = sorted(set.intersection(*(set(x) & set(y) for x, y in per_seed)))
+    differences = np.array([[x[st] - y[st] for st in studies] for x, y in per_seed])
+    mean, low, high = bootstrap_difference(differences)
+    return {"a": a, "b": b, "task": task, "seeds": len(seeds), "mean": mean, "low": low, "high": high}
+
+
+def _verdict(c: Comparison) -> str:
+    if c["low"] > 0:
+        return "better (CI excludes 0)"
+    if c["high"] < 0:
+        return "worse (CI excludes 0)"
+    return "no difference shown (CI includes 0)"
+
+
+def _label(side: tuple[str, str]) -> str:
+    return f"{side[0]} ({side[1]})"
+
+
+def _comparison_rows(comparisons: Sequence[Comparison | None]) -> list[str]:
+    rows = ["| a - b | task | seeds | difference | 95% CI | verdict |", "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        if c is not None:
+            rows.append(f"| {_label(c['a'])} - {_label(c['b'])} | {c['task']} | {c['seeds']} | {c['mean']:+.4f} | "
+                        f"[{c['low']:+.4f}, {c['high']:+.4f}] | {_verdict(c)} |")  # fmt: skip
+    return rows if len(rows) > 2 else ["(runs not done yet)"]
+
+
+def _tasks_driving(summaries: Summaries, a: tuple[str, str], b: tuple[str, str], tasks: Sequence[str]) -> list[str]:
+    """Per-task differences whose interval excludes 0, for a comparison of the mean."""
+    found = [compare(summaries, a, b, task) for task in tasks]
+    return [f"{c['task']} {c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" for c in found
+            if c is not None and (c["low"] > 0 or c["high"] < 0)]  # fmt: skip
+
+
+def _arm_table(summaries: Summaries, protocol: str) -> list[str]:
+    arms: dict[str, list[Mapping[str, Any]]] = {}
+    for _, s in sorted(summaries.items()):
+        if s["protocol"] == protocol:
+            arms.setdefault(s["arm"], []).append(s)
+    header = (
+        "| arm | seeds | test mean Dice | Dice (present) | FP rate (absent) | validation mean Dice | CPU min / run |"
+    )
+    rows = [header, "|---|---|---|---|---|---|---|"]
+    for arm, runs in arms.items():
+        mean = [r["test"]["tasks"]["mean"] for r in runs]
+        dice = np.array([m["dice"] for m in mean])
+        cpu = [r["cpu_minutes"] for r in runs if r["device"] == "cpu"]
+        rows.append(
+            f"| {arm} | {len(runs)} | {dice.mean():.4f} +- {dice.std():.4f} | "
+            f"{np.mean([m['dice_present'] for m in mean]):.4f} | {np.mean([m['fp_rate'] for m in mean]):.4f} | "
+            f"{np.mean([r['validation_mean_dice'] for r in runs]):.4f} | "
+            f"{(f'{np.mean(cpu):.1f}' if cpu else '-')} |"
+        )
+    return rows if len(rows) > 2 else ["(no runs yet)"]
+
+
+def _label_curve(summaries: Summaries, arm: str) -> list[tuple[int, float, float, float]]:
+    """``(labelled studies, mean, low, high)`` of test mean Dice over seeds and studies, for each fraction done."""
+    points = []
+    for fraction in (*FRACTIONS, 1.0):
+        runs = _runs(summaries, arm if fraction == 1.0 else f"{arm}-f{fraction:g}", "finetune")
+        if runs:
+            values = np.array([list(_study_values(r, "mean").values()) for _, r in sorted(runs.items())])
+            points.append((round(fraction * TRAINING_STUDIES), *bootstrap_mean(values)))
+    return points
+
+
+def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2)) -> str:
+    """``docs/study.md`` from the run summaries."""
+    choices = choose(summaries, seeds)
+    planned = plan_runs(seeds, choices)
+    missing = [r.name for r in planned if r.name not in summaries]
+    tasks = list(dict.fromkeys(t for _, s in sorted(summaries.items()) for t in s["test"]["tasks"] if t != "mean"))
+    cpu_runs = [s for s in summaries.values() if s["device"] == "cpu"]
+    devices = sorted({s["device"] for s in summaries.values()})
+    versions = sorted({s["versions"]["vfss_agglo_bundle"] for s in summaries.values()})
+    lines = [
+        "# Study: does agglomerating teachers help, at convergence (phantom v2)",
+        "",
+        "Rebuilt by `python scripts/study.py report` from the run summaries in `docs/study/runs/` alone. Each run is",
+        "a full `training` run of the bundle (default budget: 16 distillation and 20 segmentation epochs, 100 phantom",
+        "v2 studies: 80 training, 8 validation, 12 test of 24 frames), seeds 0-2, one dataset (`data_seed` 0).",
+        "Protocols: **probe** = the distilled encoder frozen (batch norm too), only the decoder trained;",
+        "**finetune** = stage 2 as the default run does it. Choices (best single teacher, best balancer, PHI-S) are",
+        "made on probe validation Dice, never on test. Paired differences: same seed, same test study; 95%",
+        f"percentile bootstrap over seeds and studies ({RESAMPLES} resamples).",
+        "",
+        f"Runs done: {len(summaries)} of {len(planned)} planned now; device(s): {', '.join(devices) or '-'}; "
+        f"CPU time of the CPU runs: {sum(s['cpu_minutes'] for s in cpu_runs) / 60:.1f} h; bundle version(s): "
+        f"{', '.join(versions) or '-'}. Choices so far: best single teacher {choices.best_single}, best pair "
+        f"{choices.best_pair}, PHI-S helps attention: {choices.phis_helps_attention}, best balancer at four "
+        f"teachers {choices.best_balancer}.",
+        "",
+    ]
+    if missing:
+        lines += [f"Still to run ({len(missing)}): " + ", ".join(missing) + ".", ""]
+    for protocol in ("probe", "finetune"):
+        lines += [f"## Arms, {protocol} (test, mean +- sd over seeds)", "", *_arm_table(summaries, protocol), ""]
+
+    best_all4 = f"all4-{choices.best_balancer}" if choices.best_balancer else "all4-attention"
+    questions = [
+        ("1. Does distillation beat training from scratch?",
+         [(("default", "finetune"), ("scratch", "finetune")), ((best_all4, "finetune"), ("scratch", "finetune")),
+          *[((t, "probe"), ("scratch", "probe")) for t in ALL_TEACHERS],
+          ((best_all4, "probe"), ("scratch", "probe"))]),
+        ("2. Do four teachers beat the best single teacher (the paper: about +2 points)?",
+         [((best_all4, p), (choices.best_single, p)) for p in ("probe", "finetune")] if choices.best_single else []),
+        ("3. Does any balancer beat fixed weights, and does PHI-S help? (probe, four teachers)",
+         [((f"all4-{b}", "probe"), ("all4-fixed", "probe"))
+          for b in ("attention", "uncertainty", "mlp", "mlp-phis", "attention-phis", "fixed-phis")]
+         + [(("all4-attention-phis", "probe"), ("all4-attention", "probe"))]),
+        ("4. What does each teacher add? (probe: each alone against the others)",
+         [((a, "probe"), (b, "probe")) for i, a in enumerate(ALL_TEACHERS) for b in ALL_TEACHERS[i + 1:]]),
+    ]  # fmt: skip
+    for title, pairs in questions:
+        lines += [f"## {title}", "", *_comparison_rows([compare(summaries, a, b) for a, b in pairs]), ""]
+        for a, b in pairs:
+            driving = _tasks_driving(summaries, a, b, tasks) if compare(summaries, a, b) else []
+            if driving:
+                lines.append(f"- {_label(a)} - {_label(b)}, tasks whose difference excludes 0: {'; '.join(driving)}")
+        lines.append("")
+
+    lines += ["## 5. Specialists against the one multi-task model (finetune, on their own task)", ""]
+    lines += _comparison_rows([compare(summaries, (f"{t}-specialist", "finetune"), ("default", "finetune"), t)
+                               for t in SPECIALIST_TASKS])  # fmt: skip
+    specialist_cpu = [s["cpu_minutes"] for n, s in summaries.items() if "-specialist-" in n and s["device"] == "cpu"]
+    default_cpu = [s["cpu_minutes"] for s in _runs(summaries, "default", "finetune").values() if s["device"] == "cpu"]
+    if specialist_cpu and default_cpu:
+        lines += ["", f"Cost: a specialist run (stage 2 and evaluation; it reuses the default run's stage 1) took "
+                  f"{np.mean(specialist_cpu):.1f} CPU min, the multi-task run {np.mean(default_cpu):.1f} (store, "
+                  f"stage 1, stage 2); {len(SPECIALIST_TASKS)} structures need {len(SPECIALIST_TASKS)} specialists "
+                  f"and {len(SPECIALIST_TASKS)} forwards a frame, 12 need one multi-task forward."]  # fmt: skip
+    lines += ["", "## 6. Dice against the number of labelled training studies (finetune)", "",
+              "| arm | labelled studies | test mean Dice | 95% CI |", "|---|---|---|---|"]  # fmt: skip
+    for arm in ("scratch", best_all4):
+        for studies, mean, low, high in _label_curve(summaries, arm):
+            lines.append(f"| {arm} | {studies} | {mean:.4f} | [{low:.4f}, {high:.4f}] |")
+    lines += ["", "## Converged?", ""]
+    doubled = compare(summaries, ("default-2x", "finetune"), ("default", "finetune"))
+    if doubled is None:
+        lines.append("(the doubled-epoch run of the default arm is not done yet)")
+    else:
+        interval = f"[{doubled['low']:+.4f}, {doubled['high']:+.4f}]"
+        lines.append(f"Doubling both stages' epochs of the default arm (seed 0) changes its test mean Dice by "
+                     f"{doubled['mean']:+.4f} (95% CI over studies {interval}).")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _plot(summaries: Summaries, path: Path, seeds: Sequence[int] = (0, 1, 2)) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    choices = choose(summaries, seeds)
+    best_all4 = f"all4-{choices.best_balancer}" if choices.best_balancer else "all4-attention"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    pairs = [((t, "probe"), ("scratch", "probe")) for t in (*ALL_TEACHERS, best_all4)]
+    pairs += [(("default", "finetune"), ("scratch", "finetune")), ((best_all4, "finetune"), ("scratch", "finetune"))]
+    found = [c for c in (compare(summaries, a, b) for a, b in pairs) if c is not None]
+    y = np.arange(len(found))[::-1]
+    if found:
+        left.errorbar([c["mean"] for c in found], y, capsize=3, fmt="o", color="#b5483a",
+                      xerr=[[c["mean"] - c["low"] for c in found], [c["high"] - c["mean"] for c in found]])  # fmt: skip
+    left.axvline(0.0, color="black", lw=0.8)
+    left.set_yticks(y, [f"{_label(c['a'])} - {_label(c['b'])}" for c in found], fontsize=7)
+    left.set_xlabel("paired difference in test mean Dice, 95% bootstrap CI")
+    for arm, colour in (("scratch", "#999999"), (best_all4, "#3a78b5")):
+        curve = _label_curve(summaries, arm)
+        if curve:
+            x, mean, low, high = (np.array(v) for v in zip(*curve, strict=True))
+            right.plot(x, mean, "o-", color=colour, label=arm)
+            right.fill_between(x, low, high, color=colour, alpha=0.2)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("labelled training studies (finetune)")
+    right.set_ylabel("test mean Dice (95% CI)")
+    if right.lines:
+        right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png", overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_report(summaries: str | os.PathLike = "docs/study/runs", out: str | os.PathLike = "docs/study.md") -> str:
+    """Write ``out`` and its figure (``.png`` beside it) from the summaries; returns the Markdown path."""
+    found = load_summaries(summaries)
+    out = Path(out)
+    write_text(out, markdown(found), overwrite=True)
+    _plot(found, out.with_suffix(".png"))
+    return str(out)

@@ -1,0 +1,206 @@
+"""Running the study's runs: one `training` run each (plus a validation evaluation), skipped when its summary exists
+for the same fingerprint, and a small summary per finished run written to ``docs/study/runs/<run>.json``.
+
+Runs live in ``<work_dir>/runs/<run>/`` (not committed); every run shares ``<work_dir>/data`` (one phantom dataset,
+``data_seed`` 0) and ``<work_dir>/cache`` (one teacher store). A run whose stage 1 another finished run already
+computed (same teachers, balancer, standardisation, epochs and seed) starts from a copy of it, so it costs stage 2
+only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from vfss_agglo_bundle.study.plan import Run, choose, plan_runs, run_fingerprint
+from vfss_agglo_bundle.utils.io import read_json, write_json
+
+__all__ = ["BUNDLE_ROOT", "load_summaries", "override_words", "run_logged", "run_one", "run_study", "summary_of"]
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+STAGE1_FILES = ("student_encoder.pt", "distillation.done.json")
+MARKER = "study_run.json"
+DIGITS = 6
+
+
+def override_words(values: Mapping[str, Any]) -> list[str]:
+    """Config overrides as `monai.bundle run` command-line words (``--key value``; lists and dicts as literals)."""
+    words = []
+    for key, value in values.items():
+        words += [f"--{key}", repr(value) if isinstance(value, (list, dict)) else str(value)]
+    return words
+
+
+def run_logged(cmd: Sequence[str], log: Path, threads: int) -> float:
+    """Run ``cmd`` from the bundle root with its output in ``log``; returns its CPU seconds (user + system)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "GOMP_SPINCOUNT": "10000"}
+    with open(log, "a") as out:
+        process = subprocess.Popen(list(cmd), cwd=BUNDLE_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {process.returncode}); see {log}.")
+    return usage.ru_utime + usage.ru_stime
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), DIGITS)
+
+
+def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The small part of an ``eval/report.json`` the study keeps: per task (and ``mean``) Dice, Dice over present
+    frames and false-positive rate; per test study each task's Dice and their mean."""
+    rows = {row["task"]: {k: _round(row[k]) for k in ("dice", "dice_present", "fp_rate")} for row in report["rows"]}
+    studies = {
+        study: {task: _round(values["dice"]) for task, values in tasks.items()}
+        for study, tasks in sorted(report["studies"].items())
+    }
+    return {"frames": report["num_frames"], "tasks": rows, "studies": studies}
+
+
+def _find_stage1(work_dir: Path, key: str, seed: int) -> Path | None:
+    """The models folder of a run that finished the stage 1 of ``key`` and ``seed``."""
+    for marker in sorted((work_dir / "runs").glob(f"*/{MARKER}")):
+        found = read_json(marker)
+        models = marker.parent / "models"
+        if found["stage1_key"] == key and found["seed"] == seed and all((models / f).is_file() for f in STAGE1_FILES):
+            return models
+    return None
+
+
+def _versions() -> dict[str, str]:
+    import monai
+    import torch
+    import vfss_agglo_bundle
+
+    return {"vfss_agglo_bundle": vfss_agglo_bundle.__version__, "torch": torch.__version__, "monai": monai.__version__}
+
+
+def _evaluate_words(words: Sequence[str]) -> list[str]:
+    """The training overrides the evaluate config knows (no teacher, balancer or epoch settings)."""
+    keep = {"--bundle_root", "--dataset_dir", "--image_size", "--tasks", "--student", "--decoder_width", "--seed",
+            "--device"}  # fmt: skip
+    return [w for i in range(0, len(words), 2) if words[i] in keep for w in words[i : i + 2]]
+
+
+def run_one(
+    run: Run,
+    work_dir: str | os.PathLike,
+    summaries: str | os.PathLike,
+    common: Mapping[str, Any],
+    device: str = "cpu",
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Run ``run`` unless ``<summaries>/<run.name>.json`` exists with the same fingerprint; returns the summary.
+
+    Args:
+        run: the run.
+        work_dir: where the runs, the shared dataset and the teacher store live.
+        summaries: the folder of the committed summaries (``docs/study/runs``).
+        common: overrides given to every run (part of every fingerprint).
+        device: ``cpu`` or ``cuda:<k>`` (AMP on CUDA); its type is part of the fingerprint.
+        threads: torch threads of the run.
+    """
+    work_dir, summaries = Path(work_dir).resolve(), Path(summaries)
+    device_type = device.split(":")[0]
+    fingerprint = run_fingerprint(run, common, device_type)
+    path = summaries / f"{run.name}.json"
+    if path.is_file():
+        found = read_json(path)
+        if found.get("fingerprint") == fingerprint:
+            return found
+        logger.info("study: %s has a summary of other settings; running it again", run.name)
+    root = work_dir / "runs" / run.name
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    source = _find_stage1(work_dir, run.stage1_key, run.seed) if run.stage1_key else None
+    if source is not None and source != root / "models":
+        for name in STAGE1_FILES:
+            shutil.copy2(source / name, root / "models" / name)
+    write_json(root / MARKER, {"stage1_key": run.stage1_key, "seed": run.seed}, overwrite=True)
+    words = ["--bundle_root", str(root), "--dataset_dir", str(work_dir / "data"), "--cache_dir",
+             str(work_dir / "cache"), "--device", device, *(["--amp", "True"] if device_type == "cuda" else []),
+             "--seed", str(run.seed), *override_words({**common, **run.config_overrides()})]  # fmt: skip
+    base = [sys.executable, "-m", "monai.bundle", "run"]
+    started = time.time()
+    logger.info("study: %s (stage 1 %s)", run.name, "shared" if source is not None else "computed here")
+    cpu = run_logged([*base, "training", "--config_file", "configs/train.yaml", *words], root / "training.log", threads)
+    evaluation = ["--eval_split", "validation", "--output_dir", str(root / "eval/validation")]
+    cpu += run_logged([*base, "evaluating", "--config_file", "configs/evaluate.yaml", *_evaluate_words(words),
+                       *evaluation], root / "evaluating.log", threads)  # fmt: skip
+    validation = read_json(root / "eval/validation/report.json")
+    summary = {
+        "run": run.name,
+        "arm": run.arm,
+        "protocol": run.protocol,
+        "seed": run.seed,
+        "group": run.group,
+        "overrides": run.config_overrides(),
+        "common": dict(common),
+        "fingerprint": fingerprint,
+        "device": device_type,
+        "stage1_shared": source is not None,
+        "cpu_minutes": round(cpu / 60, 2),
+        "wall_minutes": round((time.time() - started) / 60, 2),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {threads} threads",
+        "versions": _versions(),
+        "validation_mean_dice": _round(next(r["dice"] for r in validation["rows"] if r["task"] == "mean")),
+        "test": summary_of(read_json(root / "eval/report.json")),
+    }
+    write_json(path, summary, keep_old=True)  # a summary of other settings is kept beside, under its date
+    logger.info("study: %s test mean Dice %.4f, %.1f CPU min", run.name, summary["test"]["tasks"]["mean"]["dice"],
+                summary["cpu_minutes"])  # fmt: skip
+    return summary
+
+
+def load_summaries(summaries: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Run name -> summary of every ``<run>.json`` in ``summaries`` (older copies kept beside them are skipped)."""
+    found = {}
+    for path in sorted(Path(summaries).glob("*.json")):
+        summary = read_json(path)
+        if isinstance(summary, dict) and summary.get("run") == path.stem:
+            found[path.stem] = summary
+    return found
+
+
+def run_study(
+    work_dir: str | os.PathLike = "eval/study",
+    summaries: str | os.PathLike = "docs/study/runs",
+    seeds: Sequence[int] = (0, 1, 2),
+    device: str = "cpu",
+    threads: int = 2,
+    common: Mapping[str, Any] | None = None,
+    only: Sequence[str] | None = None,
+    max_runs: int | None = None,
+) -> list[str]:
+    """Run every planned run that has no summary for its fingerprint, re-planning after each one (the probe results
+    decide the later runs); returns the names of the runs done now.
+
+    ``only``: run names (or arm-protocol prefixes) to restrict to; ``max_runs``: stop after that many runs.
+    """
+    common = dict(common or {})
+    done: list[str] = []
+    while max_runs is None or len(done) < max_runs:
+        finished = load_summaries(summaries)
+        runs = plan_runs(seeds, choose(finished, seeds))
+        device_type = device.split(":")[0]
+        todo = [
+            r for r in runs
+            if finished.get(r.name, {}).get("fingerprint") != run_fingerprint(r, common, device_type)
+            and (only is None or any(r.name == o or r.name.startswith(f"{o}-s") for o in only))
+            and r.name not in done
+        ]  # fmt: skip
+        if not todo:
+            break
+        run_one(todo[0], work_dir, summaries, common, device, threads)
+        done.append(todo[0].name)
+    return done
