@@ -2,6 +2,10 @@
 
 python scripts/prepare_data.py synth --out_dir data/phantom --studies 100 --frames 8 --test_frames 24
 python scripts/prepare_data.py import_masks --src export/ --out_dir data/vfss
+python scripts/prepare_data.py import_coco --annotations instances.json --out_dir data/vfss --label_map map.yaml
+python scripts/prepare_data.py import_cvat --annotations "['s01.xml','s02.xml']" --frames "['s01.mp4','s02.mp4']" \
+    --out_dir data/vfss
+python scripts/prepare_data.py import_labelme --folder labelme/ --out_dir data/vfss
 python scripts/prepare_data.py import_video --video swallow.mp4 --out_dir data/frames
 python scripts/prepare_data.py validate --datalist data/phantom/datalist.json
 python scripts/prepare_data.py preview --datalist data/phantom/datalist.json --out docs/phantom_preview.png
@@ -13,6 +17,14 @@ import logging
 import sys
 
 import fire
+from vfss_agglo_bundle.data.annotations import (
+    LINE_WIDTH,
+    load_label_map,
+    read_coco,
+    read_cvat_video,
+    read_labelme,
+    write_annotated,
+)
 from vfss_agglo_bundle.data.datalist import validate_datalist
 from vfss_agglo_bundle.data.prepare import import_mask_folder, preview_datalist
 from vfss_agglo_bundle.data.sources import import_video_frames
@@ -49,6 +61,60 @@ def import_masks(
 ) -> str:
     """Convert src/<study>/frames/<frame>.png + src/<study>/masks/<frame>_<task>.png into the bundle format."""
     return str(import_mask_folder(src, out_dir, tasks, frames_dir, masks_dir, mask_pattern, image_size, ratios, seed))
+
+
+def import_coco(
+    annotations: str,
+    out_dir: str,
+    images_dir: str | None = None,
+    label_map: str | None = None,
+    tasks: tuple = DEFAULT_TASKS,
+    ratios: tuple = (9, 3, 4),
+    seed: int = 0,
+    line_width: int = LINE_WIDTH,
+) -> str:
+    """Convert a COCO instances JSON (polygons, RLE; the study of an image is the folder of its file_name)."""
+    frames = read_coco(annotations, images_dir)
+    return str(
+        write_annotated(frames, out_dir, load_label_map(label_map, tasks), annotations, ratios, seed, line_width)
+    )
+
+
+def import_cvat(
+    annotations: str | list,
+    frames: str | list,
+    out_dir: str,
+    label_map: str | None = None,
+    tasks: tuple = DEFAULT_TASKS,
+    ratios: tuple = (9, 3, 4),
+    seed: int = 0,
+    line_width: int = LINE_WIDTH,
+) -> str:
+    """Convert "CVAT for video 1.1" XML exports, one per study (named after the XML), each with its video or frames
+    folder (``frames``, in the same order); tracks are interpolated between keyframes, points go to points.csv."""
+    files = [annotations] if isinstance(annotations, str) else list(annotations)
+    sources = [frames] if isinstance(frames, str) else list(frames)
+    if len(files) != len(sources):
+        raise ValueError(
+            f"{len(files)} annotation file(s) but {len(sources)} video(s) or frame folder(s); give one each."
+        )
+    found = [frame for xml, src in zip(files, sources, strict=True) for frame in read_cvat_video(xml, src)]
+    mapping = load_label_map(label_map, tasks)
+    return str(write_annotated(found, out_dir, mapping, ", ".join(files), ratios, seed, line_width))
+
+
+def import_labelme(
+    folder: str,
+    out_dir: str,
+    label_map: str | None = None,
+    tasks: tuple = DEFAULT_TASKS,
+    ratios: tuple = (9, 3, 4),
+    seed: int = 0,
+    line_width: int = LINE_WIDTH,
+) -> str:
+    """Convert LabelMe JSON files (folder/<study>/<frame>.json, one per frame) into the bundle format."""
+    frames = read_labelme(folder)
+    return str(write_annotated(frames, out_dir, load_label_map(label_map, tasks), folder, ratios, seed, line_width))
 
 
 def import_video(
@@ -88,6 +154,9 @@ if __name__ == "__main__":
         {
             "synth": synth,
             "import_masks": import_masks,
+            "import_coco": import_coco,
+            "import_cvat": import_cvat,
+            "import_labelme": import_labelme,
             "import_video": import_video,
             "validate": validate,
             "preview": preview,

@@ -151,7 +151,11 @@ CASES: dict[str, tuple[Callable[[Path], None], dict, str]] = {
     "label channels": (wrong_channel_count, {}, r"0000\.nii\.gz has 2 channels but there are 12 tasks"),
     "empty datalist": (empty_datalist, {}, r"datalist\.json: every split .* is empty"),
     "study in two splits": (study_in_two_splits, {}, r"study 's\d+' is in both 'training' and 'validation'"),
-    "frame size": (frame_of_another_size, {}, rf"0000\.png is 32x32 but the dataset's frames are {SIZE}x{SIZE}"),
+    "frame size": (
+        frame_of_another_size,
+        {},
+        rf"0000\.png is 32x32 but the other frames of study '\w+' are {SIZE}x{SIZE}",
+    ),
     "colour frame": (colour_frame, {}, r"0000\.png has PIL mode 'RGB'"),
     "16-bit frame": (sixteen_bit_frame, {}, r"0000\.png has PIL mode 'I;16'"),
     "missing frame": (missing_frame, {}, r"0000\.png"),

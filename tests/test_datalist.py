@@ -106,7 +106,7 @@ def test_validate_reports_leak_size_mismatch_tasks_and_empty(tmp_path):
     )
     problems = "\n".join(validate_datalist(path, TASKS))
     assert f"study {leaked['study']!r} is in both 'training' and 'test'" in problems
-    assert "images/big.png is 20x20 but the dataset's frames are 16x16" in problems
+    assert f"images/big.png is 20x20 but the other frames of study {leaked['study']!r} are 16x16" in problems
     assert "lack the expected ['tongue']" in "\n".join(validate_datalist(path, ["bolus", "tongue"]))
     assert not any("expected" in p for p in validate_datalist(path, ["c1", "bolus"]))  # a subset, in any order
     _edit(path, lambda dl: [dl.__setitem__(s, []) for s in SPLITS])

@@ -175,7 +175,8 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
 
     Checks: the JSON reads; splits exist and are not all empty; items have the required keys; no study is in two
     splits; files exist and load as 8-bit grey PNG and NIfTI; each label has one channel per task and the size of
-    its frame; all frames have the same size (the most common one).
+    its frame; the frames of a study have one size (studies may differ: every frame is letterboxed to the canonical
+    square when loaded).
     """
     path = Path(path)
     try:
@@ -192,7 +193,7 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
     if not any(datalist.get(split) for split in SPLITS):
         problems.append(f"{path}: every split ({', '.join(SPLITS)}) is empty or missing.")
     owner: dict[str, str] = {}
-    frame_sizes: dict[str, tuple[Path, tuple[int, int]]] = {}  # where -> (frame, its size)
+    frame_sizes: dict[str, tuple[Path, tuple[int, int], str]] = {}  # where -> (frame, its size, study)
     for split in SPLITS:
         for i, item in enumerate(datalist.get(split) or []):
             where = f"{path}: {split}[{i}]"
@@ -212,7 +213,7 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
             except (FileNotFoundError, DataFormatError) as e:
                 problems.append(f"{where}: {e}")
                 continue
-            frame_sizes[where] = (image_path, image.shape)
+            frame_sizes[where] = (image_path, image.shape, study)
             if tasks and label.shape[0] != len(tasks):
                 problems.append(
                     f"{where}: label {label_path} has {label.shape[0]} channels "
@@ -223,12 +224,15 @@ def validate_datalist(path: PathLike, tasks: Sequence[str] | None = None, check_
                     f"{where}: label {label_path} is {label.shape[1]}x{label.shape[2]} but its frame is "
                     f"{image.shape[0]}x{image.shape[1]}."
                 )
-    if frame_sizes:
-        usual = Counter(size for _, size in frame_sizes.values()).most_common(1)[0][0]
+    by_study: dict[str, dict[str, tuple[Path, tuple[int, int]]]] = {}
+    for where, (image_path, size, study) in frame_sizes.items():
+        by_study.setdefault(study, {})[where] = (image_path, size)
+    for study, sizes in by_study.items():
+        usual = Counter(size for _, size in sizes.values()).most_common(1)[0][0]
         problems += [
-            f"{where}: frame {image_path} is {size[0]}x{size[1]} but the dataset's frames are {usual[0]}x{usual[1]}; "
-            "resize or re-export it."
-            for where, (image_path, size) in frame_sizes.items()
+            f"{where}: frame {image_path} is {size[0]}x{size[1]} but the other frames of study {study!r} are "
+            f"{usual[0]}x{usual[1]}; resize or re-export it."
+            for where, (image_path, size) in sizes.items()
             if size != usual
         ]
     return problems
