@@ -2,6 +2,7 @@
 
 from vfss_agglo_bundle.handlers.checkpoint import BestCheckpoint, ModelLoader, ResumeCheckpoint
 from vfss_agglo_bundle.handlers.inference_writer import InferenceWriter
+from vfss_agglo_bundle.handlers.loss_guard import LossGuard
 from vfss_agglo_bundle.handlers.progress import ProgressHandler
 from vfss_agglo_bundle.handlers.report import MultiTaskReport
 from vfss_agglo_bundle.handlers.seeding import EpochSeed
@@ -10,6 +11,7 @@ __all__ = [
     "BestCheckpoint",
     "EpochSeed",
     "InferenceWriter",
+    "LossGuard",
     "ModelLoader",
     "MultiTaskReport",
     "ProgressHandler",

@@ -82,7 +82,8 @@ class VFSSSegmenter(nn.Module):
         return groups + [{"params": list(self.decoder.parameters())}]
 
     def train(self, mode: bool = True) -> VFSSSegmenter:
-        """As ``nn.Module.train``, except that a frozen encoder (``param_groups(freeze_encoder=True)``) stays in eval."""
+        """As ``nn.Module.train``, except that a frozen encoder (``param_groups(freeze_encoder=True)``) stays in eval
+        mode."""
         super().train(mode)
         if getattr(self, "_encoder_frozen", False):
             self.encoder.train(False)
