@@ -315,7 +315,7 @@ def test_teachers_command_prints_a_row_per_teacher(tmp_path, capsys):
     _script().teachers(teachers="hog,hed", sizes="64,128", repeats=1, out_dir=str(tmp_path))
     printed = capsys.readouterr().out.splitlines()
     rows = [line for line in printed if line.startswith("| hog") or line.startswith("| hed")]
-    assert rows[1].startswith("| hed | 14.7 | 3x64x64 | 6x16x16 | - | 3.1 | ") and len(rows[1].split("|")) == 12
+    assert rows[1].startswith("| hed | 14.7 | 3x64x64 | 6x16x16 | - | 3.2 | ") and len(rows[1].split("|")) == 12
     assert json.loads((tmp_path / "teacher_cost.json").read_text())["sizes"] == [64, 128]
 
 

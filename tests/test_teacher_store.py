@@ -6,6 +6,7 @@ rtol 1e-3 / atol 1e-3 (float16 has 11 significant bits: relative error <= 4.9e-4
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import pickle
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from vfss_agglo_bundle.data.feature_store import TeacherFeatureReader
+from vfss_agglo_bundle.data.feature_store import CorruptEntryError, TeacherFeatureReader
 from vfss_agglo_bundle.data.transforms import LoadTeacherFeaturesd
 from vfss_agglo_bundle.data.views import apply_view, view_params
 from vfss_agglo_bundle.teachers import store as store_module
@@ -134,6 +135,33 @@ def test_fill_and_read_back(tmp_path, items, teachers):
         assert {k: f.get_tensor(k).dtype for k in f.keys()} == {"dense": torch.float16, "summary": torch.float16}
 
 
+def test_a_flipped_bit_is_named_and_the_fill_recomputes_it(tmp_path, items, teachers):
+    one = {"rad_dino": teachers["rad_dino"]}
+    reader = fill_store(one, items[:2], tmp_path, load_png, views=1, progress=False)["rad_dino"]
+    path = reader.path("s000/0000", 0)
+    with safe_open(str(path), "pt") as f:  # the checksum written with the entry: sha256 of its tensors, by hand
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        recorded = f.metadata()["sha256"]
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode() + t.view(torch.uint8).numpy().tobytes())
+    assert recorded == digest.hexdigest()
+    original = path.read_bytes()
+    flipped = bytearray(original)
+    flipped[-7] ^= 0x10  # one bit of the last tensor's data
+    path.write_bytes(bytes(flipped))
+    other = reader.path("s000/0003", 0)
+    before = other.stat().st_mtime_ns
+    with pytest.raises(CorruptEntryError, match=rf"{path} is corrupt.*scripts/cache_teachers.py .*--teachers rad_dino"):
+        reader.read("s000/0000")
+    store = TeacherFeatureStore(tmp_path, one["rad_dino"])
+    assert [key for _, key, _ in store.pending(items[:2])] == ["s000/0000"]  # only the corrupt entry
+    assert store.fill(items[:2], load_png, progress=False) == 1
+    assert path.read_bytes() == original and other.stat().st_mtime_ns == before
+    reader.read("s000/0000")
+
+
 def test_meta_and_fp16_size_on_disk(tmp_path, items, teachers):
     readers = fill_store(teachers, items[:1], tmp_path, load_png, views=1, progress=False)
     meta = json.loads((readers["rad_dino"].directory / "meta.json").read_text())
@@ -183,7 +211,7 @@ def test_resume_after_interruption(tmp_path, items, teachers, monkeypatch):
     assert done == [f"s000/{frame}.v{view}.safetensors" for frame in ("0000", "0003") for view in (0, 1)]
 
     # A crash while writing leaves neither a final file nor a temporary one.
-    def broken_save(tensors, path):
+    def broken_save(tensors, path, metadata=None):
         Path(path).write_bytes(b"half")
         raise OSError("disk full")
 

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save
 from vfss_agglo_bundle.benchmark.measure import count_flops, count_params, measure, random_images
 from vfss_agglo_bundle.data.datalist import load_datalist
+from vfss_agglo_bundle.data.feature_store import entry_digest
 from vfss_agglo_bundle.phantom.dataset import synthesize_dataset
 from vfss_agglo_bundle.teachers.base import Teacher
 from vfss_agglo_bundle.teachers.prepare import fill_teacher_stores
@@ -42,11 +43,11 @@ def _at_size(teacher: Teacher, size: int) -> Teacher | None:
 
 def store_bytes_per_frame(dense_shape: Sequence[int], summary_dim: int | None) -> int:
     """Bytes of one (frame, view) entry of the teacher store: a dense map ``[C, h, w]`` and a summary ``[D]`` (or
-    None), safetensors, float16."""
+    None), safetensors, float16, with its checksum."""
     tensors = {"dense": torch.zeros(*dense_shape, dtype=torch.float16)}
     if summary_dim is not None:
         tensors["summary"] = torch.zeros(summary_dim, dtype=torch.float16)
-    return len(save(tensors))
+    return len(save(tensors, metadata={"sha256": entry_digest(tensors)}))
 
 
 def teacher_cost(

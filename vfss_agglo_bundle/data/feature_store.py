@@ -13,7 +13,10 @@ one, ``summary`` ``[D]`` float16. One file per item because it is written atomic
 folder, then ``os.replace``): a file that exists is complete, so completeness is checked by presence, an
 interrupted fill resumes where it stopped, and a reader never sees a half-written item. safetensors reads
 by memory map with a tiny header (no pickle, no zip), which keeps DataLoader workers fast; dense and summary
-travel in the same file so they can never disagree.
+travel in the same file so they can never disagree. Each file's metadata holds ``sha256``, a digest of its tensors
+(:func:`entry_digest`): :meth:`TeacherFeatureReader.read` checks it, so a flipped bit on disk stops a run naming the
+file instead of being read as a feature, and the fill recomputes such an entry (files written before 0.9.0 have no
+digest and are read unchecked).
 
 :class:`TeacherFeatureReader` reads a store without loading any teacher (stage 1's data transforms, the adaptor
 head shapes, the view strength, target standardisation, the run record). The store is written by
@@ -23,13 +26,15 @@ head shapes, the view strength, target standardisation, the run record). The sto
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
+import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from vfss_agglo_bundle.utils.io import read_json, save_torch, write_json
 from vfss_agglo_bundle.utils.state_dict import read_state_dict
@@ -38,8 +43,11 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "META_FILE",
+    "CorruptEntryError",
     "TeacherFeatureReader",
+    "entry_digest",
     "feature_path",
+    "read_entry",
     "read_meta",
     "store_directory",
 ]
@@ -47,6 +55,37 @@ __all__ = [
 FORMAT = "vfss-agglo-teacher-features"
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
+
+
+class CorruptEntryError(ValueError):
+    """A stored entry whose bytes are not what was written (its digest differs, or it cannot be parsed)."""
+
+
+def entry_digest(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over an entry's tensors: names in sorted order, each with dtype, shape and raw bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_entry(path: Path) -> dict[str, Tensor]:
+    """One entry's tensors as stored (float16), its digest checked when it has one.
+
+    Raises:
+        CorruptEntryError: the file cannot be parsed or its tensors do not match its digest.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            expected = (f.metadata() or {}).get("sha256")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptEntryError(f"{path} cannot be read as a teacher feature entry ({err}).") from err
+    if expected is not None and entry_digest(tensors) != expected:
+        raise CorruptEntryError(f"{path} is corrupt: its tensors do not match the checksum written with them.")
+    return tensors
 
 
 def store_directory(root: str | os.PathLike, name: str, signature: str) -> Path:
@@ -144,7 +183,15 @@ class TeacherFeatureReader:
                 f"teacher {self.name!r} has no features for frame {key!r} view {view} ({path}); fill the store "
                 f"for these items and views with scripts/cache_teachers.py."
             )
-        return {name: tensor.float() for name, tensor in load_file(str(path)).items()}
+        try:
+            tensors = read_entry(path)
+        except CorruptEntryError as err:
+            raise CorruptEntryError(
+                f"{err} Refill it: run the same `training` command again (its teacher-store step recomputes corrupt "
+                f"entries), or python scripts/cache_teachers.py --datalist <datalist.json> --teachers {self.name} "
+                f"--cache_dir {self.directory.parent}."
+            ) from err
+        return {name: tensor.float() for name, tensor in tensors.items()}
 
     def statistics_files(self, kind: str) -> tuple[Path, Path]:
         """``(standardize-<kind>.pt, standardize-<kind>.json)``: statistics ``kind`` fitted on this store, and the

@@ -26,8 +26,11 @@ from vfss_agglo_bundle.data.feature_store import (
     FORMAT,
     FORMAT_VERSION,
     META_FILE,
+    CorruptEntryError,
     TeacherFeatureReader,
+    entry_digest,
     feature_path,
+    read_entry,
     read_meta,
     store_directory,
 )
@@ -144,15 +147,27 @@ class TeacherFeatureStore:
         return [(item, key, view) for item in items for key in [frame_key(item)] for view in range(self.views)]
 
     def pending(self, items: Iterable[Mapping], share: tuple[int, int] = (0, 1)) -> list[tuple[Mapping, str, int]]:
-        """The entries of ``share`` = ``(rank, world)`` that are not on disk yet: every view of every ``world``-th
-        frame from ``rank`` (so each rank decodes its frames once).
+        """The entries of ``share`` = ``(rank, world)`` that are not on disk yet, or are corrupt (their checksum fails:
+        logged and recomputed): every view of every ``world``-th frame from ``rank`` (each rank decodes its frames
+        once). Every stored entry of the share is read once to check it.
 
         Shares are cut from the full list of frames, not from what is missing, so they never overlap whatever each
         process finds on disk, and a fill resumes with any number of processes."""
         rank, world = share
         return [
-            entry for entry in self.entries(list(items)[rank::world]) if not self.path(entry[1], entry[2]).is_file()
+            entry for entry in self.entries(list(items)[rank::world]) if not self._intact(self.path(entry[1], entry[2]))
         ]
+
+    @staticmethod
+    def _intact(path: Path) -> bool:
+        if not path.is_file():
+            return False
+        try:
+            read_entry(path)
+        except CorruptEntryError as err:
+            logger.warning("%s; recomputing it", err)
+            return False
+        return True
 
     def fill(
         self,
@@ -218,7 +233,7 @@ class TeacherFeatureStore:
                     "cast to float16 (overflow?); check the teacher and its input."
                 )
         with atomic_path(self.path(key, view), overwrite=True, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp))
+            save_file(tensors, str(tmp), metadata={"sha256": entry_digest(tensors)})
 
     def reader(self) -> TeacherFeatureReader:
         """A reader of this store."""
