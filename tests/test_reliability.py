@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT
 from PIL import Image
-from vfss_agglo_bundle.data.formats import write_frame
+from vfss_agglo_bundle.data.formats import write_frame, write_label
 from vfss_agglo_bundle.utils.io import save_torch, write_json
 
 TINY = ["--phantom_studies", "3", "--phantom_frames", "4", "--phantom_test_frames", "4", "--image_size", "64",
@@ -124,6 +124,37 @@ def test_a_failed_write_keeps_what_was_written_before(tmp_path, monkeypatch, fai
     with pytest.raises(OSError):
         write_frame(tmp_path / "f.png", np.zeros((4, 4), np.uint8), overwrite=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # unchanged, and no temporary files
+
+
+def test_a_full_disk_while_writing_a_label_or_a_store_entry_keeps_the_old_file(tmp_path, monkeypatch):
+    """The writers that are not plain bytes (NIfTI labels through nibabel, teacher-store entries through safetensors)
+    fail half-way through a write on a full disk: the old file stays whole and no temporary file is left."""
+    import nibabel as nib
+    from vfss_agglo_bundle.teachers import store as store_module
+    from vfss_agglo_bundle.teachers.registry import build_teacher
+
+    write_label(tmp_path / "l.nii.gz", np.ones((2, 4, 4), np.uint8))
+    teacher = build_teacher("hog", None, "tiny")
+    entry_store = store_module.TeacherFeatureStore(tmp_path / "store", teacher)
+    item = {"image": "x", "study": "s", "frame": 0}
+    entry_store.fill([item], lambda it: torch.rand(1, 64, 64), progress=False)
+    entry = entry_store.path("s/0000", 0)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def half_then_full(*args, **kwargs):
+        target = next(a for a in args if isinstance(a, (str, Path)) and "." in Path(a).name)
+        Path(target).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nib, "save", half_then_full)
+    monkeypatch.setattr(store_module, "save_file", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_label(tmp_path / "l.nii.gz", np.zeros((2, 4, 4), np.uint8), overwrite=True)
+    entry.unlink()  # the entry must be recomputed, and the disk is full while it is written
+    before.pop(entry)
+    with pytest.raises(OSError, match="No space left"):
+        entry_store.fill([item], lambda it: torch.rand(1, 64, 64), progress=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # no half file anywhere
 
 
 def test_an_unwritable_output_folder_is_named_in_the_error(tmp_path):
