@@ -165,3 +165,10 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
     again = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[]" in again.stdout  # nothing to do: both summaries match their fingerprints
     assert (tmp_path / "runs" / "hed-probe-s0.json").read_bytes() == before
+
+
+def test_the_committed_report_is_the_committed_summaries_report():
+    """docs/study.md is exactly what `scripts/study.py report` rebuilds from docs/study/runs (on any machine)."""
+    from vfss_agglo_bundle.study import load_summaries
+
+    assert (ROOT / "docs" / "study.md").read_text() == markdown(load_summaries(ROOT / "docs" / "study" / "runs"))

@@ -132,7 +132,8 @@ def run_one(
              "--seed", str(run.seed), *override_words({**common, **run.config_overrides()})]  # fmt: skip
     base = [sys.executable, "-m", "monai.bundle", "run"]
     started = time.time()
-    logger.info("study: %s (stage 1 %s)", run.name, "shared" if source is not None else "computed here")
+    stage1 = "none" if not run.stage1_key else "shared" if source is not None else "computed here"
+    logger.info("study: %s (stage 1: %s)", run.name, stage1)
     cpu = run_logged([*base, "training", "--config_file", "configs/train.yaml", *words], root / "training.log", threads)
     evaluation = ["--eval_split", "validation", "--output_dir", str(root / "eval/validation")]
     cpu += run_logged([*base, "evaluating", "--config_file", "configs/evaluate.yaml", *_evaluate_words(words),
