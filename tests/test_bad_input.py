@@ -2,7 +2,8 @@
 
 Each case must stop with one error naming the file or config key, and leave every file already on disk
 byte-identical: the dataset, the teacher feature store, the checkpoints, the stage records and the reports.
-The only files a failed run may add are its run record and TensorBoard logs under ``logs/``.
+The only files a failed run may add are its run record and TensorBoard logs under ``logs/``; the bundle folder's
+lock file (``.run.lock``, who runs now) is not a result and is left out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image
 from vfss_agglo_bundle.data.formats import write_label
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 from vfss_agglo_bundle.teachers.medsam import PRESETS as SAM_PRESETS
+from vfss_agglo_bundle.workflow.lock import LOCK_FILE
 
 TINY = dict(phantom_studies=3, phantom_frames=4, phantom_test_frames=4, distill_frames_per_study=100, image_size=64,
             teacher_preset="tiny",
@@ -37,9 +39,11 @@ def _run(run_id: str, root: Path, config: str = "configs/train.yaml", **override
 
 
 def _tree(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``root``."""
+    """Relative path -> sha256 of every file under ``root`` (the run lock aside)."""
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 
