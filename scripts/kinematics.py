@@ -60,17 +60,18 @@ def validate(
     out: str = "eval/kinematics_validation",
     steady_seconds: float = STEADY_SECONDS,
     points: str | None = None,
-    tasks: str | tuple = TASKS,
+    tasks: str | tuple | None = None,
     pattern: str = DEFAULT_PATTERN,
     fps: float | None = None,
 ) -> str:
     """Error tables of a phantom split: writes <out>.md and <out>.json (kept, not overwritten) and prints the table.
     The predicted masks are steadied over ``steady_seconds`` (0: off). With ``points`` the masks under
-    ``predictions`` are compared with hand-tracked points instead (steadied only when ``fps`` is given)."""
+    ``predictions`` are compared with hand-tracked points instead (steadied only when ``fps`` is given). ``tasks``:
+    the masks' tasks (default: the datalist's; with ``points``: the 12 default tasks)."""
     if points is not None:
         if predictions is None:
             raise ValueError("--points compares masks with the points: give the masks folder as --predictions.")
-        report = validate_points(points, predictions, split_names(tasks), pattern, fps, steady_seconds)
+        report = validate_points(points, predictions, split_names(tasks or TASKS), pattern, fps, steady_seconds)
         table = points_markdown(report)
         write_text(f"{out}.md", table, keep_old=True)
         write_text(f"{out}.csv", points_csv(report), keep_old=True)
@@ -80,7 +81,7 @@ def validate(
                      keep_old=True)  # fmt: skip
         print(table)
         return f"{out}.md"
-    report = validate_split(datalist, split, predictions, steady_seconds=steady_seconds)
+    report = validate_split(datalist, split, predictions, tasks=tasks, steady_seconds=steady_seconds)
     table = to_markdown(report)
     write_text(f"{out}.md", table, keep_old=True)
     write_json(f"{out}.json", json_ready(report), keep_old=True)

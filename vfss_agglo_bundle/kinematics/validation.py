@@ -16,6 +16,7 @@ from vfss_agglo_bundle.data.formats import read_label
 from vfss_agglo_bundle.kinematics.frame import frame_geometry
 from vfss_agglo_bundle.kinematics.measures import EVENTS, analyse
 from vfss_agglo_bundle.kinematics.steadying import STEADY_SECONDS, steady_masks, steady_radius
+from vfss_agglo_bundle.utils.cli import split_names
 from vfss_agglo_bundle.utils.io import PathLike, read_json
 
 __all__ = ["MEASURES", "TARGETS", "compare", "summarise", "to_markdown", "validate_split"]
@@ -98,7 +99,7 @@ def validate_split(
     """
     datalist = Path(datalist)
     meta = read_json(datalist)
-    tasks = list(tasks or meta.get("tasks"))
+    tasks = split_names(tasks) if tasks else list(meta.get("tasks"))
     channels = label_channels(datalist, tasks)  # a task subset reads its own channels of the labels
     truth_dir = datalist.parent / meta.get("source", {}).get("kinematics", "kinematics")
     by_study: dict[str, list[dict]] = defaultdict(list)
