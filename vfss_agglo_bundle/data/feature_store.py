@@ -26,18 +26,16 @@ head shapes, the view strength, target standardisation, the run record). The sto
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from vfss_agglo_bundle.utils.io import read_json, save_torch, write_json
-from vfss_agglo_bundle.utils.state_dict import read_state_dict
+from vfss_agglo_bundle.utils.state_dict import hash_state_dict, read_state_dict
 
 __all__ = [
     "FORMAT",
@@ -62,13 +60,9 @@ class CorruptEntryError(ValueError):
 
 
 def entry_digest(tensors: Mapping[str, Tensor]) -> str:
-    """sha256 over an entry's tensors: names in sorted order, each with dtype, shape and raw bytes."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """sha256 over an entry's tensors (:func:`~vfss_agglo_bundle.utils.state_dict.hash_state_dict`: names sorted,
+    each with dtype, shape and raw bytes)."""
+    return hash_state_dict(tensors)
 
 
 def read_entry(path: Path) -> dict[str, Tensor]:

@@ -186,8 +186,8 @@ class TeacherFeatureStore:
             batch_size: views per teacher forward.
             device: where the teacher runs (the teacher is moved there).
             progress: show a tqdm bar.
-            share: ``(rank, world)``: fill only every ``world``-th entry from ``rank`` (``(0, 1)``: all), each
-                written atomically to its own file, so several processes fill one store together.
+            share: ``(rank, world)``: fill only every view of every ``world``-th frame from ``rank`` (``(0, 1)``:
+                all), each entry written atomically to its own file, so several processes fill one store together.
         """
         todo = self.pending(items, share)
         logger.info("teacher %s: %d views to compute in %s", self.teacher.name, len(todo), self.directory)
