@@ -10,6 +10,8 @@
     python scripts/benchmark.py ablate --backbone efficientvit_b0
     # end to end: a 256x256 video of 300 frames -> masks -> kinematics files, through configs/inference.json
     python scripts/benchmark.py video --num_frames 300 --checkpoint models/model.pt
+    # memory of `inferring` (default outputs) on a 10,000-frame 1512x920 video and a 4K one: peak and growth
+    python scripts/benchmark.py soak
     # one training step split into data, forward, backward and optimizer step, 0.7.0's and this version's interleaved
     python scripts/benchmark.py train
     # each teacher's seconds a frame at 256 and 512, parameters, GFLOPs and store KiB a frame
@@ -19,7 +21,8 @@
 
 Writes ``<out_dir>/benchmark.{json,md}`` (``run``), ``<out_dir>/inference_ablation.{json,md}`` (``ablate``) or
 ``<out_dir>/video_throughput.json`` (``video``), ``<out_dir>/training_throughput.{json,md}`` (``train``),
-``<out_dir>/teacher_cost.json`` (``teachers``), ``<out_dir>/store_fill.json`` (``store_fill``); an
+``<out_dir>/teacher_cost.json`` (``teachers``), ``<out_dir>/store_fill.json`` (``store_fill``),
+``<out_dir>/soak.json`` (``soak``); an
 existing report is kept beside it under its timestamp. Prints the Markdown table and the teacher/student speed
 ratios at batch 1.
 
@@ -146,6 +149,31 @@ def video(
     print(f"wrote {path}")
 
 
+def soak(
+    num_frames: int = 10_000,
+    width: int = 1512,
+    height: int = 920,
+    big_frames: int = 120,
+    checkpoint: str | None = None,
+    out_dir: str = "eval/benchmark",
+) -> None:
+    """Peak resident memory of `inferring` with its default outputs on a ``num_frames`` video of ``width`` x ``height``
+    and on a ``big_frames`` 4K video, and its growth between the first and last 1,000 frames (goal: < 1 GB peak,
+    < 50 MB growth); writes JSON. The videos are written once into ``out_dir`` and reused."""
+    from vfss_agglo_bundle.benchmark.soak import soak as run_soak
+    from vfss_agglo_bundle.utils.io import write_json
+
+    report = run_soak(num_frames, width, height, big_frames, video_dir=out_dir, checkpoint=checkpoint)
+    path = f"{out_dir}/soak.json"
+    write_json(path, report, keep_old=True)
+    for name, row in report["rows"].items():
+        size, minutes = f"{row['width']}x{row['height']}", row["seconds"] / 60
+        print(f"{name}: {row['frames']} frames of {size} in {minutes:.1f} min: peak "
+              f"RSS {row['peak_rss_mb']:.0f} MB; median RSS {row['first_window_mb']:.0f} MB over the first 1,000 "
+              f"frames, {row['last_window_mb']:.0f} MB over the last: growth {row['growth_mb']:+.0f} MB")  # fmt: skip
+    print(f"wrote {path}")
+
+
 def train(
     config_file: str = "configs/train.yaml",
     image_size: int = 256,
@@ -256,5 +284,6 @@ if __name__ == "__main__":
             "phantom": phantom,
             "teachers": teachers,
             "store_fill": store_fill,
+            "soak": soak,
         }
     )

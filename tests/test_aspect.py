@@ -11,6 +11,7 @@ from conftest import ROOT
 from PIL import Image
 from vfss_agglo_bundle.data.formats import read_label
 from vfss_agglo_bundle.data.transforms import LoadVFSSFramed, exposed_field, frame_box, restore_masks, to_model_input
+from vfss_agglo_bundle.data.video import write_video
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 
 
@@ -82,13 +83,12 @@ class DiscSegmenter(VFSSSegmenter):
 
 @pytest.mark.parametrize("size", [(240, 320), (176, 320)])  # 4:3 and 16:9 videos (even sides for H.264)
 def test_inferring_a_non_square_video_gives_masks_on_the_object(tmp_path, size):
-    import imageio.v3 as iio
     from monai.bundle import run as bundle_run
 
     height, width = size
     frames = np.stack([frame_with_disc(height, width, (height / 2, width * (0.3 + 0.1 * t)), 24) for t in range(3)])
     video = tmp_path / "clip.mp4"
-    iio.imwrite(video, np.repeat(frames[..., None], 3, -1), fps=10, codec="libx264", macro_block_size=1)
+    write_video(video, frames, fps=10)
     (tmp_path / "models").mkdir()
     network = {"_target_": "test_aspect.DiscSegmenter", "backbone": "efficientvit_b0", "num_classes": 12,
                "decoder_width": 8}  # fmt: skip

@@ -356,6 +356,22 @@ def test_video_throughput_runs_the_inference_config_end_to_end():
     assert report["settings"]["num_frames"] == 12 and report["settings"]["checkpoint"] is None
 
 
+def test_soak_samples_the_child_s_memory_against_frames_written(tmp_path, monkeypatch):
+    from vfss_agglo_bundle.benchmark import soak as soak_module
+    from vfss_agglo_bundle.data.video import probe_video
+
+    monkeypatch.setattr(soak_module, "WINDOW", 10)
+    report = soak_module.soak(num_frames=40, width=200, height=120, big_frames=0, video_dir=tmp_path)
+    (row,) = report["rows"].values()
+    info = probe_video(tmp_path / "soak_200x120_40.mp4")
+    assert (info.frames, info.width, info.height) == (40, 200, 120) and row["frames"] == 40
+    # the child's own memory: a Python process with torch and MONAI takes well over 100 MB
+    assert 100 < row["peak_rss_mb"] < 4000 and row["peak_rss_mb"] >= max(rss for _, _, rss in row["samples"])
+    counts = [n for _, n, _ in row["samples"]]
+    assert counts == sorted(counts) and counts[-1] <= 40 and row["gif_bytes"] > 0
+    assert row["growth_mb"] == pytest.approx(row["last_window_mb"] - row["first_window_mb"], nan_ok=True)
+
+
 def test_phantom_speed_reports_both_versions():
     from vfss_agglo_bundle.benchmark import phantom_speed
 

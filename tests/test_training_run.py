@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 from PIL import Image
+from vfss_agglo_bundle.data.video import write_video
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 from vfss_agglo_bundle.utils.io import file_sha256
 
@@ -171,12 +172,10 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
 
 
 def test_inferring_a_video_takes_its_frame_rate_from_the_metadata(trained, tmp_path):
-    import imageio.v3 as iio
-
     root, _ = trained
     video = tmp_path / "swallow.mp4"
     frames = np.random.default_rng(0).integers(0, 255, (6, 80, 96), dtype=np.uint8)  # 16-px blocks for H.264
-    iio.imwrite(video, np.repeat(frames[..., None], 3, -1), fps=15, codec="libx264")
+    write_video(video, frames, fps=15)
     out = tmp_path / "out"
     args = ["--bundle_root", str(root), "--image_size", "64", "--input", str(video), "--output_dir", str(out)]
     bundle("inferring", "configs/inference.json", *args, "--video_format", "None")

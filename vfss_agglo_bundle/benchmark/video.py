@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from vfss_agglo_bundle.benchmark.machine import describe_machine
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.video import write_video
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 from vfss_agglo_bundle.phantom.anatomy import PhantomConfig
 from vfss_agglo_bundle.phantom.render import simulate_study
@@ -39,13 +40,8 @@ def write_phantom_video(
     path: str | os.PathLike, num_frames: int = 300, image_size: int = 256, fps: float = 30.0
 ) -> Path:
     """A phantom swallow of ``num_frames`` frames as an MP4 at ``fps`` frames/s; returns its path."""
-    import imageio.v3 as iio
-
     cfg = PhantomConfig(image_size=image_size, num_frames=num_frames, duration_s=(num_frames - 1) / fps)
-    frames = np.stack([image for image, _ in simulate_study(0, cfg, ("bolus",))])
-    path = Path(path)
-    iio.imwrite(path, np.repeat(frames[..., None], 3, -1), fps=fps, codec="libx264", macro_block_size=1)
-    return path
+    return write_video(path, (image for image, _ in simulate_study(0, cfg, ("bolus",))), fps)
 
 
 def video_throughput(

@@ -32,8 +32,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 from vfss_agglo_bundle.data.datalist import build_datalist
-from vfss_agglo_bundle.data.formats import read_video, to_grey_uint8, write_frame, write_label
+from vfss_agglo_bundle.data.formats import to_grey_uint8, write_frame, write_label
 from vfss_agglo_bundle.data.tasks import DEFAULT_TASKS
+from vfss_agglo_bundle.data.video import SequentialVideo
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, write_json
 
 __all__ = [
@@ -400,23 +401,13 @@ def read_cvat_video(path: PathLike, frames: PathLike, study: str | None = None) 
 
 
 def _frame_source(frames: Path) -> Callable[[int], Callable[[], np.ndarray]]:
-    """Frame index -> a reader of that frame, from a folder of images or a video (decoded once, when first read)."""
+    """Frame index -> a reader of that frame, from a folder of images or a video (every decoded frame, numbered as
+    CVAT numbers them)."""
     if frames.is_dir():
         files = sorted(p for p in frames.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
         return lambda f: _image_reader(files[f]) if f < len(files) else _missing(frames, f, len(files))
-    decoded: list[np.ndarray] = []
-
-    def reader(f: int) -> Callable[[], np.ndarray]:
-        def read() -> np.ndarray:
-            if not decoded:
-                decoded.extend(to_grey_uint8(frame) for frame in read_video(frames))
-            if f >= len(decoded):
-                raise DataFormatError(f"{frames} has {len(decoded)} frames; the annotation names frame {f}.")
-            return decoded[f]
-
-        return read
-
-    return reader
+    video = SequentialVideo(frames)  # annotated frames are read in order: each decoded once, none kept
+    return lambda f: lambda: video[f]
 
 
 def _missing(folder: Path, f: int, n: int) -> Callable[[], np.ndarray]:

@@ -11,7 +11,6 @@ Writers go through :func:`vfss_agglo_bundle.utils.io.atomic_path`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -98,29 +97,3 @@ def write_label(path: PathLike, label: np.ndarray, overwrite: bool = False) -> N
     suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
     with atomic_path(path, overwrite=overwrite, suffix=suffix) as tmp:
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp))
-
-
-def read_video(path: PathLike) -> Iterator[np.ndarray]:
-    """Yield the frames of a video file (any format ffmpeg reads) as uint8 grey ``[H, W]``."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video {path} does not exist.")
-    try:
-        for frame in iio.imiter(path):
-            yield to_grey_uint8(frame)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise DataFormatError(f"video {path} cannot be decoded ({e}).") from e
-
-
-def video_fps(path: PathLike) -> float | None:
-    """The frame rate a video file's metadata gives (``fps``, or 1000 / ``duration`` ms for a GIF), or ``None``."""
-    import imageio.v3 as iio
-
-    try:
-        meta = iio.immeta(Path(path))
-    except (OSError, RuntimeError, ValueError):
-        return None
-    fps = meta.get("fps") or (1000.0 / meta["duration"] if meta.get("duration") else None)
-    return float(fps) if fps and 0 < float(fps) < 1000 else None

@@ -1,34 +1,37 @@
 """What the `inferring` run reads (frames from a folder, one sub-folder per study or flat, or a video file decoded
-into memory), the unlabelled frames stage 1 may distil on (`unlabelled_dir`: videos and frame folders), and a
+a frame at a time), the unlabelled frames stage 1 may distil on (`unlabelled_dir`: videos and frame folders), and a
 video's frames written out as PNGs (:func:`import_video_frames`)."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from monai.data import Dataset
+from monai.transforms import apply_transform
 from PIL import Image
 from tqdm import tqdm
-from vfss_agglo_bundle.data.formats import IMAGE_EXTENSIONS, read_video, video_fps, write_frame
+from vfss_agglo_bundle.data.formats import IMAGE_EXTENSIONS, write_frame
+from vfss_agglo_bundle.data.video import VIDEO_EXTENSIONS, SequentialVideo, VideoInfo, probe_video, read_video
 from vfss_agglo_bundle.utils.io import DataFormatError, PathLike, natural_key
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".gif")
 
-
-def inference_items(source: PathLike, fps: float | None = None) -> list[dict]:
-    """List the frames to segment as ``{"image": path or frame, "study": str, "frame": int, "fps": float}``.
+def inference_items(source: PathLike, fps: float | None = None) -> tuple[list[dict], VideoInfo | None]:
+    """List the frames to segment as ``{"image": path, "study": str, "frame": int, "fps": float}`` items, or for a
+    video ``{"study", "frame", "fps"}`` items (:class:`InferenceDataset` decodes the frames as they are read) and
+    the video's probe (``None`` for a folder).
 
     Args:
-        source: a folder of grey PNG frames (flat, or one sub-folder per study; ``image`` is each frame's path), or
-            a video file (decoded once into memory, ``image`` is each uint8 ``[H, W]`` frame: no PNG round trip;
-            N x H x W bytes, e.g. 0.4 GB for 300 frames of 1512 x 920).
-        fps: frames per second of the studies; a video's own metadata is used when this is ``None``. With
-            neither, ``fps`` is NaN, a warning says so and the kinematics give times in frames.
+        source: a folder of grey frames (flat, or one sub-folder per study), or a video file (probed once here:
+            frames counted, their times read, a variable frame rate resampled, see :mod:`~.video`; nothing kept).
+        fps: frames per second of the studies; a video's own timing is used when this is ``None``. With neither,
+            ``fps`` is NaN, a warning says so and the kinematics give times in frames.
     """
     source = Path(source)
     is_video = source.is_file() and source.suffix.lower() in VIDEO_EXTENSIONS
@@ -36,26 +39,23 @@ def inference_items(source: PathLike, fps: float | None = None) -> list[dict]:
         raise FileNotFoundError(
             f"inference input {source} is neither a folder of frames nor a video file ({', '.join(VIDEO_EXTENSIONS)})."
         )
-    if is_video and fps is None:
-        fps = video_fps(source)
-        if fps is not None:
-            logger.info("inference: %s plays at %.3g frames/s (its metadata)", source.name, fps)
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0 frames per second, got {fps}.")
+    if is_video:
+        info = probe_video(source, fps)
+        logger.info("inference: %s: %d frames of %dx%d at %s frames/s%s", source.name, info.frames, info.width,
+                    info.height, f"{info.fps:.4g}" if info.fps else "an unknown rate",
+                    " (given)" if fps is not None else "")  # fmt: skip
+        fps = info.fps
     if fps is None:
         logger.warning(
             "inference: no frame rate for %s (a frame folder, or a video without one in its metadata): kinematics "
             "times will be in frames, not seconds. Pass the rate, e.g. `--fps 30`.",
             source,
         )
-    elif not fps > 0:
-        raise ValueError(f"fps must be > 0 frames per second, got {fps}.")
     rate = math.nan if fps is None else float(fps)
     if is_video:
-        frames = list(tqdm(read_video(source), desc=f"decoding {source.name}", unit="frame"))
-        if not frames:
-            raise DataFormatError(f"video {source} has no frames.")
-        logger.info("inference: %s: %d frames of %dx%d decoded into memory (%.2g GB)", source.name, len(frames),
-                    *frames[0].shape, sum(f.nbytes for f in frames) / 1e9)  # fmt: skip
-        return [{"image": f, "study": source.stem, "frame": i, "fps": rate} for i, f in enumerate(frames)]
+        return [{"study": source.stem, "frame": i, "fps": rate} for i in range(info.frames)], info
     studies = sorted(d for d in source.iterdir() if d.is_dir()) or [source]
     items = []
     for study_dir in studies:
@@ -65,7 +65,29 @@ def inference_items(source: PathLike, fps: float | None = None) -> list[dict]:
     if not items:
         raise FileNotFoundError(f"no frames ({', '.join(IMAGE_EXTENSIONS)}) under {source}.")
     logger.info("inference: %d frames of %d studies from %s", len(items), len(studies), source)
-    return items
+    return items, None
+
+
+class InferenceDataset(Dataset):
+    """The frames :func:`inference_items` lists, with ``transform`` applied; a video's frames are decoded one at a time
+    as they are read (in order, as the ``inferring`` run's loader reads them: each decoded once, none kept).
+
+    Args:
+        source: a folder of grey frames or a video file.
+        transform: applied to each ``{"image": path or uint8 [H, W], "study", "frame", "fps"}`` item.
+        fps: frames per second (``None``: a video's own).
+    """
+
+    def __init__(self, source: PathLike, transform: Callable | None = None, fps: float | None = None) -> None:
+        items, info = inference_items(source, fps)
+        super().__init__(items, transform)
+        self.video = SequentialVideo(info.path, info) if info is not None else None
+
+    def _transform(self, index: int) -> dict:
+        item = self.data[index]
+        if self.video is not None:
+            item = {**item, "image": self.video[item["frame"]]}
+        return apply_transform(self.transform, item) if self.transform is not None else item
 
 
 def import_video_frames(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from PIL import Image
 from vfss_agglo_bundle.data.formats import read_frame, write_frame, write_label
 from vfss_agglo_bundle.data.transforms import remove_small_regions, restore_masks
+from vfss_agglo_bundle.data.video import VideoWriter
 from vfss_agglo_bundle.kinematics import FrameGeometry, analyse, frame_geometry
 from vfss_agglo_bundle.kinematics.outputs import write_kinematics
 from vfss_agglo_bundle.kinematics.steadying import STEADY_SECONDS, TemporalSmoother, steady_radius
@@ -22,6 +23,66 @@ from vfss_agglo_bundle.utils.io import atomic_path
 from vfss_agglo_bundle.visualize import legend, overlay, save_png
 
 logger = logging.getLogger(__name__)
+
+GIF_WIDTH = 640  # overlay GIFs are scaled down to at most this width
+GIF_FRAMES = 600  # and hold at most this many frames (every 2nd, 4th, ... frame of a longer study)
+PENDING_WRITES = 16  # mask writes queued at most; segmenting waits for the writer beyond this
+
+
+class OverlayVideo:
+    """One study's overlay video, built as its frames come, in bounded memory.
+
+    ``"mp4"``: every full-size frame is encoded as it comes (:class:`~vfss_agglo_bundle.data.video.VideoWriter`).
+    ``"gif"``: frames are scaled down to at most ``GIF_WIDTH`` wide and at most ``GIF_FRAMES`` are kept (every
+    ``stride``-th: when the limit is reached, every other kept frame is dropped and the stride doubles); the GIF,
+    at ``fps / stride``, is written by :meth:`close`. Each frame gets the task legend below it.
+    """
+
+    def __init__(self, path: Path, tasks: Sequence[str], fps: float, video_format: str) -> None:
+        self.path, self.tasks, self.fps, self.format = path, list(tasks), fps, video_format
+        self.frames = 0
+        self.stride = 1
+        self._kept: list[np.ndarray] = []
+        self._strip: np.ndarray | None = None
+        self._mp4 = VideoWriter(path, fps) if video_format == "mp4" else None
+
+    def add(self, rgb: np.ndarray) -> None:
+        """Append one overlay ``[H, W, 3]`` uint8."""
+        index, self.frames = self.frames, self.frames + 1
+        if self._mp4 is not None:
+            self._mp4.write(self._with_legend(rgb))
+            return
+        if index % self.stride:
+            return
+        if rgb.shape[1] > GIF_WIDTH:
+            size = (GIF_WIDTH, max(1, round(rgb.shape[0] * GIF_WIDTH / rgb.shape[1])))
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+        self._kept.append(self._with_legend(rgb))
+        if len(self._kept) >= GIF_FRAMES:
+            self._kept, self.stride = self._kept[::2], self.stride * 2
+
+    def _with_legend(self, rgb: np.ndarray) -> np.ndarray:
+        if self._strip is None or self._strip.shape[1] != rgb.shape[1]:
+            self._strip = legend(self.tasks, rgb.shape[1])
+        return np.concatenate([rgb, self._strip])
+
+    def close(self) -> None:
+        """Finish the file (it appears at ``path`` only now)."""
+        if self._mp4 is not None:
+            self._mp4.close()
+        elif self._kept:
+            import imageio.v3 as iio
+
+            with atomic_path(self.path, overwrite=False, suffix=".gif") as tmp:
+                iio.imwrite(tmp, np.stack(self._kept), duration=1000 * self.stride / self.fps, loop=0)
+        logger.info("overlay video of %d frames%s: %s", self.frames,
+                    f" (every {self.stride}th in the GIF)" if self.stride > 1 else "", self.path)  # fmt: skip
+
+    def abort(self) -> None:
+        """Drop the unfinished video."""
+        if self._mp4 is not None:
+            self._mp4.abort()
+        self._kept.clear()
 
 
 class InferenceWriter:
@@ -35,14 +96,17 @@ class InferenceWriter:
 
     For each frame (named ``<study>/<frame:04d>``) writes, under ``output_dir``:
     ``masks/<study>/<frame>.nii.gz`` (the bundle's label format, at the frame's original size),
-    optionally ``masks_png/<study>/<frame>_<task>.png``, and (``overlays``) ``overlays/<study>/<frame>.png``; at the
-    end (with ``overlays``) one ``videos/<study>.gif`` (or ``.mp4``) of the overlays and, with ``kinematics``,
-    ``kinematics/<study>.csv``, ``.json`` and ``.png`` (:mod:`vfss_agglo_bundle.kinematics`, measured on the masks
-    at the frame's own size; the frame rate is the batch's ``fps`` entry, NaN when unknown). Existing outputs are
-    refused, not overwritten: use a new ``output_dir``. The NIfTI masks are written on one background thread while
-    the next batch is segmented (gzip and file creation release the GIL); a failed write stops the run at the next
-    iteration, and all writes are done before the end-of-run outputs (on a crash, the writes under way finish before
-    Python exits: each is atomic, no half-written file is left).
+    optionally ``masks_png/<study>/<frame>_<task>.png``, and (``overlays``) ``overlays/<study>/<frame>.png``; when a
+    study's last frame is written (with ``overlays``) its ``videos/<study>.gif`` (or ``.mp4``) of the overlays
+    (:class:`OverlayVideo`) and, with ``kinematics``, ``kinematics/<study>.csv``, ``.json`` and ``.png``
+    (:mod:`vfss_agglo_bundle.kinematics`, measured on the masks at the frame's own size; the frame rate is the
+    batch's ``fps`` entry, NaN when unknown). Memory does not grow with a study's length: a frame's masks are
+    written as they come and only its geometry (:class:`~vfss_agglo_bundle.kinematics.FrameGeometry`, a few points
+    and areas) is kept. Existing outputs are refused, not overwritten: use a new ``output_dir``. The NIfTI masks are
+    written on one background thread while the next batch is segmented (gzip and file creation release the GIL; at
+    most ``PENDING_WRITES`` wait); a failed write stops the run at the next iteration, and all writes are done
+    before the end-of-run outputs (on a crash, the writes under way finish before Python exits: each is atomic, no
+    half-written file is left; an unfinished video is dropped).
 
     Args:
         output_dir: output folder.
@@ -87,29 +151,28 @@ class InferenceWriter:
         self._study: str | None = None  # the study whose frames are being steadied
         self._smoother = TemporalSmoother(0)
         self._held: dict[int, dict] = {}  # frame -> what writing it needs, while the smoother holds it
-        self._overlays: dict[str, list[Path]] = defaultdict(list)
-        self._geometries: dict[str, dict[int, FrameGeometry]] = defaultdict(dict)
-        self._fps: dict[str, float | None] = {}
+        self._video: OverlayVideo | None = None  # the study's overlay video while it is written
+        self._geometries: dict[int, FrameGeometry] = {}  # the study's frames' geometry
+        self._fps: float | None = None  # the study's frame rate
         self._pool: ThreadPoolExecutor | None = None
         self._writes: list[Future] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start_writer)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._steady_frames)
-        engine.add_event_handler(Events.COMPLETED, self._flush_study)  # first: the last frames, then the rest
+        engine.add_event_handler(Events.COMPLETED, self._finish_study)  # first: the last study, then the writes
         engine.add_event_handler(Events.COMPLETED, self._finish_writes)
-        engine.add_event_handler(Events.COMPLETED, self._write_videos)
-        if self.kinematics:
-            engine.add_event_handler(Events.COMPLETED, self._write_kinematics)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._abort)
 
     def _start_writer(self, engine: Engine) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-writer")
 
     def _check_writes(self, wait: bool) -> None:
-        """Re-raise the first failed mask write (``wait``: after all of them are done)."""
+        """Re-raise the first failed mask write (``wait``: after all of them are done; else after all but
+        ``PENDING_WRITES``)."""
         pending = []
-        for job in self._writes:
-            if wait or job.done():
+        for i, job in enumerate(self._writes):
+            if wait or job.done() or i < len(self._writes) - PENDING_WRITES:
                 job.result()
             else:
                 pending.append(job)
@@ -122,6 +185,12 @@ class InferenceWriter:
             self._pool.shutdown(wait=True)
             self._pool, self._writes = None, []
 
+    def _abort(self, engine: Engine, error: Exception) -> None:
+        if self._video is not None:
+            self._video.abort()
+            self._video = None
+        raise error
+
     def _steady_frames(self, engine: Engine) -> None:
         """Push the batch's frames through their study's smoother and write the frames that come out."""
         self._check_writes(wait=False)
@@ -129,17 +198,26 @@ class InferenceWriter:
             study, frame = str(data["study"]), int(data["frame"])
             fps = float(data["fps"]) if "fps" in data else math.nan
             if study != self._study:
-                self._flush_study(engine)
+                self._finish_study(engine)
                 self._study, self._smoother = study, TemporalSmoother(steady_radius(fps, self.steady_seconds))
+                self._fps = None if math.isnan(fps) else fps
             keys = ("image_box", "image_shape", "image_frame", "image_path")
-            self._held[frame] = {"fps": fps, **{key: data[key] for key in keys if key in data}}
+            self._held[frame] = {key: data[key] for key in keys if key in data}
             for index, probabilities in self._smoother.push(frame, item["pred"].detach().float().cpu().numpy()):
                 self._write_frame(study, index, probabilities)
 
-    def _flush_study(self, engine: Engine) -> None:
+    def _finish_study(self, engine: Engine) -> None:
+        """Write the study's last frames, then its overlay video and kinematics."""
+        if self._study is None:
+            return
         for index, probabilities in self._smoother.flush():
             self._write_frame(self._study, index, probabilities)
-        self._study = None
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+        if self.kinematics:
+            self._write_kinematics(self._study)
+        self._study, self._geometries = None, {}
 
     def _write_frame(self, study: str, frame: int, probabilities: np.ndarray) -> None:
         """Write one frame from its model-space probabilities ``[T, S, S]``."""
@@ -154,52 +232,32 @@ class InferenceWriter:
             for task, mask in zip(self.tasks, masks, strict=True):
                 write_frame(self.output_dir / "masks_png" / f"{name}_{task}.png", mask * 255)
         if self.overlays:
-            path = self.output_dir / "overlays" / f"{name}.png"
             image = data["image_frame"].numpy() if "image_frame" in data else read_frame(data["image_path"])
-            save_png(path, overlay(image, masks), overwrite=False)
-            self._overlays[study].append(path)
+            picture = overlay(image, masks)
+            save_png(self.output_dir / "overlays" / f"{name}.png", picture, overwrite=False)
+            if self.video_format is not None:
+                if self._video is None:
+                    path = self.output_dir / "videos" / f"{study}.{self.video_format}"
+                    fps = self.video_fps or self._fps or 10.0
+                    self._video = OverlayVideo(path, self.tasks, fps, self.video_format)
+                self._video.add(picture)
         if self.kinematics:
-            self._geometries[study][frame] = frame_geometry(masks, self.tasks)
-            self._fps[study] = None if math.isnan(data["fps"]) else data["fps"]
+            self._geometries[frame] = frame_geometry(masks, self.tasks)
 
-    def _write_videos(self, engine: Engine) -> None:
-        if self.video_format is None:
-            return
-        import imageio.v3 as iio
-        from PIL import Image
-
-        for study, paths in self._overlays.items():
-            frames = [np.asarray(Image.open(p)) for p in sorted(paths)]
-            strip = legend(self.tasks, frames[0].shape[1])
-            frames = [np.concatenate([f, strip]) for f in frames]
-            if self.video_format == "mp4":  # even sizes for yuv420p
-                frames = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]
-            path = self.output_dir / "videos" / f"{study}.{self.video_format}"
-            fps = self.video_fps or self._fps.get(study) or 10.0
-            with atomic_path(path, overwrite=False, suffix=f".{self.video_format}") as tmp:
-                if self.video_format == "gif":
-                    iio.imwrite(tmp, np.stack(frames), duration=1000 / fps, loop=0)
-                else:
-                    iio.imwrite(tmp, np.stack(frames), fps=fps, codec="libx264")
-            logger.info("overlay video of study %s (%d frames): %s", study, len(frames), path)
-        self._overlays.clear()
-
-    def _write_kinematics(self, engine: Engine) -> None:
-        for study, by_frame in self._geometries.items():
-            frames = sorted(by_frame)
-            result = analyse([by_frame[f] for f in frames], self.tasks, self._fps.get(study), self.mm_per_px)
-            if frames != list(range(len(frames))):
-                result["flags"].append("frames are missing from the study: times assume consecutive frames")
-            paths = write_kinematics(result, self.output_dir / "kinematics", study)
-            swallows = result["swallows"]
-            if swallows:
-                m = swallows[0]["measures"]
-                logger.info(
-                    "kinematics of %s: %d swallow(s); first: hyoid peak displacement %.1f %%C2-4, constriction ratio "
-                    "%.2f, pharyngeal transit %.2f %s -> %s",
-                    study, len(swallows), m["hyoid_peak_displacement"], m["pharyngeal_constriction_ratio"],
-                    m["pharyngeal_transit_s"], result["units"]["time"], paths["json"],
-                )  # fmt: skip
-            else:
-                logger.info("kinematics of %s: %s -> %s", study, "; ".join(result["flags"]), paths["json"])
-        self._geometries.clear()
+    def _write_kinematics(self, study: str) -> None:
+        frames = sorted(self._geometries)
+        result = analyse([self._geometries[f] for f in frames], self.tasks, self._fps, self.mm_per_px)
+        if frames != list(range(len(frames))):
+            result["flags"].append("frames are missing from the study: times assume consecutive frames")
+        paths = write_kinematics(result, self.output_dir / "kinematics", study)
+        swallows = result["swallows"]
+        if swallows:
+            m = swallows[0]["measures"]
+            logger.info(
+                "kinematics of %s: %d swallow(s); first: hyoid peak displacement %.1f %%C2-4, constriction ratio "
+                "%.2f, pharyngeal transit %.2f %s -> %s",
+                study, len(swallows), m["hyoid_peak_displacement"], m["pharyngeal_constriction_ratio"],
+                m["pharyngeal_transit_s"], result["units"]["time"], paths["json"],
+            )  # fmt: skip
+        else:
+            logger.info("kinematics of %s: %s -> %s", study, "; ".join(result["flags"]), paths["json"])
