@@ -168,7 +168,9 @@ def test_inferring_writes_masks_overlays_and_a_video_per_study(trained, tmp_path
     assert len((out / "kinematics/studyA.csv").read_text().splitlines()) == 1 + 3
     assert "no frame rate" in result.stdout + result.stderr  # and the warning says to pass --fps
     again = bundle("inferring", "configs/inference.json", *args, check=False)
-    assert again.returncode != 0 and "refusing to overwrite" in again.stderr  # earlier outputs are never replaced
+    assert (
+        again.returncode != 0 and "already holds the outputs of an earlier run" in again.stderr
+    )  # earlier outputs are never replaced
 
 
 def test_inferring_a_video_takes_its_frame_rate_from_the_metadata(trained, tmp_path):

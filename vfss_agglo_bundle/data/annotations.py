@@ -288,7 +288,10 @@ def load_label_map(path: PathLike | None, tasks: Sequence[str] = DEFAULT_TASKS) 
         raise DataFormatError(
             f"{path}: a label map is a mapping of 'tool label: task' lines, not a {type(user).__name__}."
         )
-    return LabelMap(tasks, user)
+    try:
+        return LabelMap(tasks, user)
+    except ValueError as err:
+        raise DataFormatError(f"{path}: {err}") from err
 
 
 def _study_and_frame(frames: Sequence[tuple[str, Any]]) -> dict[Any, tuple[str, int]]:

@@ -51,7 +51,13 @@ class ResumeCheckpoint:
     def load(self, engine: Engine) -> None:
         if not self.path.exists():
             return
-        checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for a truncated or foreign file
+            raise ValueError(
+                f"resume checkpoint {self.path} cannot be read ({type(err).__name__}); it is left as it is. Delete it "
+                "to run this stage again from its start, or put back a copy."
+            ) from err
         found = checkpoint.get("fingerprint", "")
         if found != self.fingerprint:
             raise ValueError(

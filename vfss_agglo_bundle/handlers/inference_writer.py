@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 GIF_WIDTH = 640  # overlay GIFs are scaled down to at most this width
 GIF_FRAMES = 600  # and hold at most this many frames (every 2nd, 4th, ... frame of a longer study)
 PENDING_WRITES = 16  # mask writes queued at most; segmenting waits for the writer beyond this
+OUTPUT_FOLDERS = ("masks", "masks_png", "overlays", "videos", "kinematics")
 
 
 class OverlayVideo:
@@ -102,7 +103,7 @@ class InferenceWriter:
     (:mod:`vfss_agglo_bundle.kinematics`, measured on the masks at the frame's own size; the frame rate is the
     batch's ``fps`` entry, NaN when unknown). Memory does not grow with a study's length: a frame's masks are
     written as they come and only its geometry (:class:`~vfss_agglo_bundle.kinematics.FrameGeometry`, a few points
-    and areas) is kept. Existing outputs are refused, not overwritten: use a new ``output_dir``. The NIfTI masks are
+    and areas) is kept. An ``output_dir`` that holds outputs already is refused before anything is written: use a new one. The NIfTI masks are
     written on one background thread while the next batch is segmented (gzip and file creation release the GIL; at
     most ``PENDING_WRITES`` wait); a failed write stops the run at the next iteration, and all writes are done
     before the end-of-run outputs (on a crash, the writes under way finish before Python exits: each is atomic, no
@@ -165,6 +166,12 @@ class InferenceWriter:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._abort)
 
     def _start_writer(self, engine: Engine) -> None:
+        earlier = [name for name in OUTPUT_FOLDERS if (self.output_dir / name).is_dir()]
+        if earlier:
+            raise FileExistsError(
+                f"{self.output_dir} already holds the outputs of an earlier run ({', '.join(earlier)}); they are left "
+                "as they are. Choose a new --output_dir, or delete them first."
+            )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-writer")
 
     def _check_writes(self, wait: bool) -> None:
@@ -234,7 +241,7 @@ class InferenceWriter:
         if self.overlays:
             image = data["image_frame"].numpy() if "image_frame" in data else read_frame(data["image_path"])
             picture = overlay(image, masks)
-            save_png(self.output_dir / "overlays" / f"{name}.png", picture, overwrite=False)
+            save_png(self.output_dir / "overlays" / f"{name}.png", picture, overwrite=False, compress_level=1)
             if self.video_format is not None:
                 if self._video is None:
                     path = self.output_dir / "videos" / f"{study}.{self.video_format}"

@@ -35,7 +35,7 @@ class LossGuard:
 
     def __init__(self, stage: str, factor: float | None = 10.0, patience: int = 20, window: int = 10) -> None:
         if factor is not None and factor <= 1.0:
-            raise ValueError(f"divergence factor must be > 1 (or null), got {factor}.")
+            raise ValueError(f"divergence_factor must be > 1 (or null: no divergence check), got {factor}.")
         self.stage, self.factor, self.patience, self.window = stage, factor, int(patience), int(window)
         self._first: list[float] = []
         self._above = 0

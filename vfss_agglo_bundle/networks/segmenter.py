@@ -108,5 +108,11 @@ class VFSSSegmenter(nn.Module):
                 f"{int(head.shape[0]) if head is not None else None} classes; build the network it was trained with "
                 "(config keys `student`, `tasks`, `decoder_width`; export.py --backbone, --num_classes)."
             )
+        broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if broken is not None:
+            raise ValueError(
+                f"{path} holds non-finite values (NaN or inf) in {broken!r}: the run that wrote it diverged. Use an "
+                "earlier checkpoint or train again."
+            )
         self.load_state_dict(state, strict=True)
         return self
