@@ -173,8 +173,10 @@ def label_map_unknown_task(root: Path) -> Action:
             "categories": [{"id": 1, "name": "tongue base"}]}  # fmt: skip
     (incoming / "coco.json").write_text(json.dumps(coco))
     prepare = _script("prepare_data")
-    return lambda: prepare.import_coco(annotations=str(incoming / "coco.json"), images_dir=str(incoming),
-                                       out_dir=str(root / "data/imported"), label_map=str(incoming / "map.yaml"))  # fmt: skip
+    paths = dict(
+        annotations=str(incoming / "coco.json"), images_dir=str(incoming), label_map=str(incoming / "map.yaml")
+    )
+    return lambda: prepare.import_coco(out_dir=str(root / "data/imported"), **paths)
 
 
 def labelled_fraction_out_of_range(root: Path) -> Action:
@@ -331,7 +333,7 @@ CATALOGUE: dict[str, Case] = {
     "resume checkpoint truncated": Case(
         "files", resume_checkpoint_truncated, r"resume checkpoint .*segmentation_resume\.pt cannot be read"
     ),
-    "model file truncated": Case("files", model_truncated, r"model\.pt"),
+    "model file truncated": Case("files", model_truncated, r"cannot read segmenter checkpoint .*model\.pt"),
     "inference input missing": Case("files", inference_input_missing, r"no_such_study is neither a folder"),
     "inference folder without frames": Case("files", inference_folder_without_frames, r"no frames .* under .*empty"),
     "inference outputs already there": Case(
@@ -339,10 +341,12 @@ CATALOGUE: dict[str, Case] = {
         inference_outputs_exist,
         r"eval/inference already holds the outputs of an earlier run \(masks, overlays, videos, kinematics\)",
     ),
-    "point track without a column": Case("files", points_without_a_column, r"points\.csv.*column"),
-    "CVAT XML malformed": Case("files", cvat_xml_malformed, r"study\.xml.*line"),
+    "point track without a column": Case("files", points_without_a_column, r"points\.csv: no column\(s\) \['y'\]"),
+    "CVAT XML malformed": Case("files", cvat_xml_malformed, r"study\.xml is not a CVAT XML file \(.*line 2"),
     "label map to an unknown task": Case("configs", label_map_unknown_task, r"map\.yaml.*'tongue'"),
-    "labelled fraction out of range": Case("configs", labelled_fraction_out_of_range, r"labelled_fraction"),
+    "labelled fraction out of range": Case(
+        "configs", labelled_fraction_out_of_range, r"labelled_fraction must be in \(0, 1\], got 1\.5"
+    ),
     "image size other than the dataset's": Case(
         "configs",
         image_size_other_than_the_dataset_s,

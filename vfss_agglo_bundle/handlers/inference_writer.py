@@ -103,11 +103,11 @@ class InferenceWriter:
     (:mod:`vfss_agglo_bundle.kinematics`, measured on the masks at the frame's own size; the frame rate is the
     batch's ``fps`` entry, NaN when unknown). Memory does not grow with a study's length: a frame's masks are
     written as they come and only its geometry (:class:`~vfss_agglo_bundle.kinematics.FrameGeometry`, a few points
-    and areas) is kept. An ``output_dir`` that holds outputs already is refused before anything is written: use a new one. The NIfTI masks are
-    written on one background thread while the next batch is segmented (gzip and file creation release the GIL; at
-    most ``PENDING_WRITES`` wait); a failed write stops the run at the next iteration, and all writes are done
-    before the end-of-run outputs (on a crash, the writes under way finish before Python exits: each is atomic, no
-    half-written file is left; an unfinished video is dropped).
+    and areas) is kept. An ``output_dir`` that holds outputs already is refused before anything is written: use a
+    new one. The NIfTI masks are written on one background thread while the next batch is segmented (gzip and file
+    creation release the GIL; at most ``PENDING_WRITES`` wait); a failed write stops the run at the next iteration,
+    and all writes are done before the end-of-run outputs (on a crash, the writes under way finish before Python
+    exits: each is atomic, no half-written file is left; an unfinished video is dropped).
 
     Args:
         output_dir: output folder.
