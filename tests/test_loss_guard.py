@@ -35,7 +35,7 @@ def test_divergence_needs_patience_iterations_above_factor_times_the_start():
     with pytest.raises(FloatingPointError, match=r"diverged: 20 at epoch 1, iteration 5, above 10 x .* \(1\)"):
         engine.run([0] * len(bad), max_epochs=1)
     _engine(bad, LossGuard("distillation", factor=None, window=2)).run([0] * len(bad), max_epochs=1)  # NaN only
-    with pytest.raises(ValueError, match="divergence factor must be > 1"):
+    with pytest.raises(ValueError, match="divergence_factor must be > 1"):
         LossGuard("x", factor=0.5)
 
 
