@@ -9,51 +9,21 @@ lock file (``.run.lock``, who runs now) is not a result and is left out.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import monai.bundle
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from finished_bundle import SIZE, first_file, messages, phantom_datalist, run_bundle, tree
 from PIL import Image
 from vfss_agglo_bundle.data.formats import write_label
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 from vfss_agglo_bundle.teachers.medsam import PRESETS as SAM_PRESETS
-from vfss_agglo_bundle.workflow.lock import LOCK_FILE
-
-TINY = dict(phantom_studies=3, phantom_frames=4, phantom_test_frames=4, distill_frames_per_study=100, image_size=64,
-            teacher_preset="tiny",
-            teachers=["medsam"], distill_epochs=1, seg_epochs=1, val_interval=1, distill_batch_size=2,
-            seg_batch_size=2)  # fmt: skip
-SIZE = TINY["image_size"]
-
-
-def _run(run_id: str, root: Path, config: str = "configs/train.yaml", **overrides) -> None:
-    monai.bundle.run(run_id, config_file=config, bundle_root=str(root), **{**TINY, **overrides})
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``root`` (the run lock aside)."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file() and p.name != LOCK_FILE
-    }
-
-
-def _messages(err: BaseException) -> str:
-    """The messages of an exception and of every exception it was raised from (MONAI wraps config errors)."""
-    seen: list[str] = []
-    while err is not None and len(seen) < 20:
-        seen.append(f"{type(err).__name__}: {err}")
-        err = err.__cause__ or err.__context__
-    return "\n".join(seen)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +32,7 @@ def finished(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)
         mp.setenv("HF_HUB_OFFLINE", "1")
-        _run("training", root)
+        run_bundle("training", root)
     assert (root / "models/model.pt").is_file() and (root / "eval/report.json").is_file()
     return root
 
@@ -75,54 +45,44 @@ def bundle(finished, tmp_path, monkeypatch) -> Path:
     return Path(shutil.copytree(finished, tmp_path / "bundle"))
 
 
-def _datalist(root: Path) -> tuple[Path, dict]:
-    path = root / "data/phantom/datalist.json"
-    return path, json.loads(path.read_text())
-
-
-def _first(root: Path, key: str) -> Path:
-    path, datalist = _datalist(root)
-    return path.parent / datalist["training"][0][key]
-
-
 def corrupt_png(root: Path) -> None:
-    _first(root, "image").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    first_file(root, "image").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
 
 
 def truncated_nifti(root: Path) -> None:
-    label = _first(root, "label")
+    label = first_file(root, "label")
     label.write_bytes(label.read_bytes()[:200])
 
 
 def wrong_channel_count(root: Path) -> None:
-    write_label(_first(root, "label"), np.zeros((2, SIZE, SIZE), np.uint8), overwrite=True)
+    write_label(first_file(root, "label"), np.zeros((2, SIZE, SIZE), np.uint8), overwrite=True)
 
 
 def empty_datalist(root: Path) -> None:
-    path, datalist = _datalist(root)
+    path, datalist = phantom_datalist(root)
     path.write_text(json.dumps({**datalist, "training": [], "validation": [], "test": []}))
 
 
 def study_in_two_splits(root: Path) -> None:
-    path, datalist = _datalist(root)
+    path, datalist = phantom_datalist(root)
     datalist["validation"].append(datalist["training"][0])
     path.write_text(json.dumps(datalist))
 
 
 def frame_of_another_size(root: Path) -> None:
-    Image.fromarray(np.zeros((SIZE // 2, SIZE // 2), np.uint8)).save(_first(root, "image"))
+    Image.fromarray(np.zeros((SIZE // 2, SIZE // 2), np.uint8)).save(first_file(root, "image"))
 
 
 def colour_frame(root: Path) -> None:
-    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(_first(root, "image"))
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(first_file(root, "image"))
 
 
 def sixteen_bit_frame(root: Path) -> None:
-    Image.fromarray(np.zeros((SIZE, SIZE), np.uint16)).save(_first(root, "image"))
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint16)).save(first_file(root, "image"))
 
 
 def missing_frame(root: Path) -> None:
-    _first(root, "image").unlink()
+    first_file(root, "image").unlink()
 
 
 def store_of_another_signature(root: Path) -> None:
@@ -181,23 +141,23 @@ CASES: dict[str, tuple[Callable[[Path], None], dict, str]] = {
 def test_training_stops_with_a_clear_error_and_changes_nothing(bundle, case):
     break_it, overrides, message = CASES[case]
     break_it(bundle)
-    before = _tree(bundle)
+    before = tree(bundle)
     with pytest.raises(Exception) as err:
-        _run("training", bundle, **overrides)
-    assert re.search(message, _messages(err.value)), _messages(err.value)
-    after = _tree(bundle)
+        run_bundle("training", bundle, **overrides)
+    assert re.search(message, messages(err.value)), messages(err.value)
+    after = tree(bundle)
     assert {k: after.get(k) for k in before} == before
     assert all(k.startswith("logs/") for k in set(after) - set(before)), sorted(set(after) - set(before))
 
 
 def test_evaluating_a_checkpoint_of_another_architecture_names_it(bundle):
     segmenter_of_another_architecture(bundle)
-    before = _tree(bundle)
+    before = tree(bundle)
     with pytest.raises(Exception) as err:
-        _run("evaluating", bundle, config="configs/evaluate.yaml")
-    assert "model.pt does not match VFSSSegmenter(backbone='efficientvit_b0', num_classes=12" in _messages(err.value)
-    assert "looks like backbone='resnet18' with 5 classes" in _messages(err.value)
-    after = _tree(bundle)
+        run_bundle("evaluating", bundle, config="configs/evaluate.yaml")
+    assert "model.pt does not match VFSSSegmenter(backbone='efficientvit_b0', num_classes=12" in messages(err.value)
+    assert "looks like backbone='resnet18' with 5 classes" in messages(err.value)
+    after = tree(bundle)
     assert {k: after.get(k) for k in before} == before
 
 
@@ -222,10 +182,10 @@ def test_a_report_that_cannot_be_written_keeps_the_previous_one(bundle, monkeypa
 
     for name, owner in (("write_text", Path), ("write_bytes", Path), ("save", Image.Image)):
         monkeypatch.setattr(owner, name, failing(name))
-    before = _tree(bundle)
+    before = tree(bundle)
     with pytest.raises(Exception) as err:  # MONAI raises a RuntimeError from our OSError
-        _run("training", bundle)
-    assert f"could not write {eval_dir / 'report.json'} ({failure.strerror})" in _messages(err.value)
-    after = _tree(bundle)
+        run_bundle("training", bundle)
+    assert f"could not write {eval_dir / 'report.json'} ({failure.strerror})" in messages(err.value)
+    after = tree(bundle)
     assert {k: after.get(k) for k in before} == before
     assert all(k.startswith("logs/") for k in set(after) - set(before))  # the run record, no temporary files

@@ -13,7 +13,6 @@ catalogue.
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib.util
 import json
 import re
@@ -24,36 +23,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import monai.bundle
 import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import ROOT
+from finished_bundle import SIZE, first_file, messages, phantom_datalist, run_bundle, tree
 from vfss_agglo_bundle.data.formats import write_label
 from vfss_agglo_bundle.utils.io import save_torch
-from vfss_agglo_bundle.workflow.lock import LOCK_FILE
 
-TINY = dict(phantom_studies=3, phantom_frames=4, phantom_test_frames=4, distill_frames_per_study=100, image_size=64,
-            teacher_preset="tiny", teachers=["medsam"], distill_epochs=1, seg_epochs=1, val_interval=1,
-            distill_batch_size=2, seg_batch_size=2)  # fmt: skip
-SIZE = TINY["image_size"]
 Action = Callable[[], object]
 
 
-def _run(run_id: str, root: Path, config: str = "configs/train.yaml", **overrides) -> None:
-    settings = {**TINY, **overrides} if config.endswith("train.yaml") else overrides
-    monai.bundle.run(run_id, config_file=config, bundle_root=str(root), **settings)
-
-
 def _training(root: Path, **overrides) -> Action:
-    return lambda: _run("training", root, **overrides)
+    return lambda: run_bundle("training", root, **overrides)
 
 
 def _inferring(root: Path, source: Path | None = None, **overrides) -> Action:
     source = source or root / "data/phantom/images" / _first_study(root)
     settings = dict(input=str(source), output_dir=str(root / "eval/inference"), image_size=SIZE, **overrides)
-    return lambda: _run("inferring", root, "configs/inference.json", **settings)
+    return lambda: run_bundle("inferring", root, "configs/inference.json", **settings)
 
 
 def _script(name: str):
@@ -64,18 +53,8 @@ def _script(name: str):
     return module
 
 
-def _datalist(root: Path) -> tuple[Path, dict]:
-    path = root / "data/phantom/datalist.json"
-    return path, json.loads(path.read_text())
-
-
-def _first(root: Path, key: str) -> Path:
-    path, datalist = _datalist(root)
-    return path.parent / datalist["training"][0][key]
-
-
 def _first_study(root: Path) -> str:
-    return _first(root, "image").parent.name
+    return first_file(root, "image").parent.name
 
 
 def _redo_stages(root: Path, *stages: str) -> None:
@@ -95,20 +74,20 @@ def _entries(root: Path) -> list[Path]:
 
 # ---- files ----------------------------------------------------------------------------------------------------------
 def datalist_not_json(root: Path) -> Action:
-    path, _ = _datalist(root)
+    path, _ = phantom_datalist(root)
     path.write_text(path.read_text()[:100])
     return _training(root)
 
 
 def datalist_item_without_label(root: Path) -> Action:
-    path, datalist = _datalist(root)
+    path, datalist = phantom_datalist(root)
     del datalist["training"][0]["label"]
     path.write_text(json.dumps(datalist))
     return _training(root)
 
 
 def label_of_another_size(root: Path) -> Action:
-    write_label(_first(root, "label"), np.zeros((12, SIZE // 2, SIZE // 2), np.uint8), overwrite=True)
+    write_label(first_file(root, "label"), np.zeros((12, SIZE // 2, SIZE // 2), np.uint8), overwrite=True)
     return _training(root)
 
 
@@ -129,7 +108,7 @@ def resume_checkpoint_truncated(root: Path) -> Action:
 def model_truncated(root: Path) -> Action:
     path = root / "models/model.pt"
     path.write_bytes(path.read_bytes()[:1000])
-    return lambda: _run("evaluating", root, "configs/evaluate.yaml", image_size=SIZE)
+    return lambda: run_bundle("evaluating", root, "configs/evaluate.yaml", image_size=SIZE)
 
 
 def inference_input_missing(root: Path) -> Action:
@@ -371,20 +350,6 @@ CATALOGUE: dict[str, Case] = {
 }
 
 
-def _tree(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``root`` (the run lock aside)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE}  # fmt: skip
-
-
-def _messages(err: BaseException) -> str:
-    seen: list[str] = []
-    while err is not None and len(seen) < 20:
-        seen.append(f"{type(err).__name__}: {err}")
-        err = err.__cause__ or err.__context__
-    return "\n".join(seen)
-
-
 def _is_new_output(path: str, before: dict[str, str]) -> bool:
     """A run record or log, or what a failed `inferring` wrote into its new output folder before it stopped."""
     earlier = any(k.startswith("eval/inference/") for k in before)
@@ -398,7 +363,7 @@ def finished(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)
         mp.setenv("HF_HUB_OFFLINE", "1")
-        _run("training", root)
+        run_bundle("training", root)
     return root
 
 
@@ -410,7 +375,7 @@ def test_each_failure_names_its_file_or_key_and_changes_nothing(finished, tmp_pa
     root = Path(shutil.copytree(finished, tmp_path / "bundle"))
     needs_patch = "monkeypatch" in case.prepare.__code__.co_varnames[: case.prepare.__code__.co_argcount]
     action = case.prepare(root, monkeypatch) if needs_patch else case.prepare(root)
-    before = _tree(root)
+    before = tree(root)
     try:
         with pytest.raises(Exception) as err:
             action()
@@ -419,8 +384,8 @@ def test_each_failure_names_its_file_or_key_and_changes_nothing(finished, tmp_pa
             holder.kill()
             holder.wait()
         _HOLDERS.clear()
-    assert re.search(case.message, _messages(err.value), re.S), _messages(err.value)
-    after = _tree(root)
+    assert re.search(case.message, messages(err.value), re.S), messages(err.value)
+    after = tree(root)
     assert {k: after.get(k) for k in before} == before
     assert all(_is_new_output(k, before) for k in set(after) - set(before)), sorted(set(after) - set(before))
 
