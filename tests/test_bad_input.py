@@ -26,17 +26,6 @@ from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
 from vfss_agglo_bundle.teachers.medsam import PRESETS as SAM_PRESETS
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ROOT)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        run_bundle("training", root)
-    assert (root / "models/model.pt").is_file() and (root / "eval/report.json").is_file()
-    return root
-
-
 @pytest.fixture
 def bundle(finished, tmp_path, monkeypatch) -> Path:
     """A copy of the finished bundle folder, run from the repository root as a user would."""

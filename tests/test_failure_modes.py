@@ -357,16 +357,6 @@ def _is_new_output(path: str, before: dict[str, str]) -> bool:
     return path.startswith("logs/") or bool(record) or (path.startswith("eval/inference/") and not earlier)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ROOT)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        run_bundle("training", root)
-    return root
-
-
 @pytest.mark.parametrize("name", list(CATALOGUE))
 def test_each_failure_names_its_file_or_key_and_changes_nothing(finished, tmp_path, monkeypatch, name):
     case = CATALOGUE[name]
