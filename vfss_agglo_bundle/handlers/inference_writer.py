@@ -229,8 +229,8 @@ class InferenceWriter:
     def _write_frame(self, study: str, frame: int, probabilities: np.ndarray) -> None:
         """Write one frame from its model-space probabilities ``[T, S, S]``."""
         data = self._held.pop(frame)
-        pred = torch.from_numpy(probabilities)
-        masks = (restore_masks(pred, data["image_box"], data["image_shape"]) > 0.5).numpy().astype(np.uint8)
+        above = torch.from_numpy(probabilities > 0.5).to(torch.uint8)  # thresholded first: nearest resizing commutes
+        masks = restore_masks(above, data["image_box"], data["image_shape"]).numpy()
         if self.min_region_area:
             masks = remove_small_regions(masks, self.tasks, self.min_region_area)
         name = f"{study}/{frame:04d}"
