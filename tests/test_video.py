@@ -178,7 +178,7 @@ def test_a_long_study_gif_keeps_every_stride_th_frame_scaled_down(tmp_path, monk
             frames.append(np.asarray(gif.convert("L")))
             assert gif.info["duration"] == pytest.approx(1000 * 8 / 20.0)
     # 0..5 kept, halved to 0, 2, 4 (stride 2) at 6 frames, to 0, 4, 8 (stride 4) at 6 again, to 0, 8, 16 (stride
-    # 8) at 6 again, then 24: every 8th frame, 80 px wide
+    # 8) at 6 again, then 24: every 8th frame, 80 px wide, in 256 colours
     assert video.stride == 8 and frames[0].shape[1] == 80
     picture = [np.asarray(Image.fromarray(f[: HEIGHT // 2]).resize((WIDTH, HEIGHT), Image.NEAREST)) for f in frames]
     assert [frame_number(p) for p in picture] == list(range(0, 30, 8))

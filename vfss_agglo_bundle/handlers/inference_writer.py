@@ -24,8 +24,8 @@ from vfss_agglo_bundle.visualize import legend, overlay, save_png
 
 logger = logging.getLogger(__name__)
 
-GIF_WIDTH = 640  # overlay GIFs are scaled down to at most this width
-GIF_FRAMES = 600  # and hold at most this many frames (every 2nd, 4th, ... frame of a longer study)
+GIF_WIDTH = 480  # overlay GIFs are scaled down to at most this width
+GIF_FRAMES = 300  # and hold at most this many frames (every 2nd, 4th, ... frame of a longer study)
 PENDING_WRITES = 16  # mask writes queued at most; segmenting waits for the writer beyond this
 OUTPUT_FOLDERS = ("masks", "masks_png", "overlays", "videos", "kinematics")
 
@@ -34,16 +34,17 @@ class OverlayVideo:
     """One study's overlay video, built as its frames come, in bounded memory.
 
     ``"mp4"``: every full-size frame is encoded as it comes (:class:`~vfss_agglo_bundle.data.video.VideoWriter`).
-    ``"gif"``: frames are scaled down to at most ``GIF_WIDTH`` wide and at most ``GIF_FRAMES`` are kept (every
-    ``stride``-th: when the limit is reached, every other kept frame is dropped and the stride doubles); the GIF,
-    at ``fps / stride``, is written by :meth:`close`. Each frame gets the task legend below it.
+    ``"gif"``: frames are scaled down to at most ``GIF_WIDTH`` wide, reduced to 256 colours (one byte a pixel, as
+    the GIF stores them) and at most ``GIF_FRAMES`` are kept (every ``stride``-th: when the limit is reached, every
+    other kept frame is dropped and the stride doubles): at most 300 x 480 x 330 bytes, 48 MB. The GIF, at
+    ``fps / stride``, is written by :meth:`close`. Each frame gets the task legend below it.
     """
 
     def __init__(self, path: Path, tasks: Sequence[str], fps: float, video_format: str) -> None:
         self.path, self.tasks, self.fps, self.format = path, list(tasks), fps, video_format
         self.frames = 0
         self.stride = 1
-        self._kept: list[np.ndarray] = []
+        self._kept: list[Image.Image] = []
         self._strip: np.ndarray | None = None
         self._mp4 = VideoWriter(path, fps) if video_format == "mp4" else None
 
@@ -58,7 +59,7 @@ class OverlayVideo:
         if rgb.shape[1] > GIF_WIDTH:
             size = (GIF_WIDTH, max(1, round(rgb.shape[0] * GIF_WIDTH / rgb.shape[1])))
             rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
-        self._kept.append(self._with_legend(rgb))
+        self._kept.append(Image.fromarray(self._with_legend(rgb)).quantize(256))
         if len(self._kept) >= GIF_FRAMES:
             self._kept, self.stride = self._kept[::2], self.stride * 2
 
@@ -72,10 +73,10 @@ class OverlayVideo:
         if self._mp4 is not None:
             self._mp4.close()
         elif self._kept:
-            import imageio.v3 as iio
-
+            first, *rest = self._kept
             with atomic_path(self.path, overwrite=False, suffix=".gif") as tmp:
-                iio.imwrite(tmp, np.stack(self._kept), duration=1000 * self.stride / self.fps, loop=0)
+                first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=1000 * self.stride / self.fps,
+                           loop=0)  # fmt: skip
         logger.info("overlay video of %d frames%s: %s", self.frames,
                     f" (every {self.stride}th in the GIF)" if self.stride > 1 else "", self.path)  # fmt: skip
 
