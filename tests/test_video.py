@@ -263,3 +263,22 @@ def test_inferring_an_unreadable_video_names_it_and_writes_nothing(tmp_path, cas
     text = repr(err.value) + repr(err.value.__cause__)
     assert f"video {video}" in text
     assert not (tmp_path / "out/masks").exists() and not (tmp_path / "out/videos").exists()
+
+
+def _anonymous_mb() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssAnon"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident memory from /proc")
+def test_large_blocks_go_back_to_the_system_when_freed():
+    from vfss_agglo_bundle.utils.memory import return_large_blocks
+
+    assert return_large_blocks()
+    big = np.ones(30 << 20, np.uint8)  # glibc's own rule would now raise its threshold to 30 MB
+    del big
+    start = _anonymous_mb()
+    block = np.ones(8 << 20, np.uint8)  # 8 MB, touched
+    held = _anonymous_mb()
+    del block
+    assert held - start > 7 and held - _anonymous_mb() > 7  # mapped, and unmapped when freed

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 GIF_WIDTH = 480  # overlay GIFs are scaled down to at most this width
 GIF_FRAMES = 300  # and hold at most this many frames (every 2nd, 4th, ... frame of a longer study)
-PENDING_WRITES = 16  # mask writes queued at most; segmenting waits for the writer beyond this
+PENDING_WRITES = 4  # mask writes queued at most (16.7 MB each at 1512 x 920); segmenting waits beyond this
 OUTPUT_FOLDERS = ("masks", "masks_png", "overlays", "videos", "kinematics")
 
 
