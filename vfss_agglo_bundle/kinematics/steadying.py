@@ -86,7 +86,10 @@ class TemporalSmoother:
     def _mean_at_centre(self) -> tuple[int, np.ndarray]:
         start = max(0, self._centre - self.radius)
         window = [self._frames[i][1] for i in range(start, min(len(self._frames), self._centre + self.radius + 1))]
-        result = (self._frames[self._centre][0], np.mean(window, axis=0, dtype=np.float32))
+        total = window[0].astype(np.float32)  # summed in place: no stacked copy of the window
+        for array in window[1:]:
+            total += array
+        result = (self._frames[self._centre][0], total / np.float32(len(window)))
         self._centre += 1
         while self._centre > self.radius:  # the oldest frame is in no window still to come
             self._frames.popleft()
