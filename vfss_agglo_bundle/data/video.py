@@ -173,11 +173,11 @@ def probe_video(path: PathLike, fps: float | None = None) -> VideoInfo:
         )
     times = np.asarray(times, np.float64)
     rate, shown = (fps, None) if fps is not None else _even_grid(times, nominal)
+    interval = 1.0 / (rate or 1.0)
+    # how long the decoded frames last: read as they come, one interval each; resampled, their own times
+    end = len(times) * interval if rate and shown is None else times[-1] - times[0] + interval
     shown = shown or tuple(range(len(times)))
     counts = np.bincount(np.asarray(shown), minlength=len(times))
-    end = (
-        len(times) / rate if rate and shown == tuple(range(len(times))) else times[-1] - times[0] + 1.0 / (rate or 1.0)
-    )
     ended_early = bool(duration and rate and duration - end >= EARLY_END_FRAMES / rate)
     info = VideoInfo(path=path, width=size[0], height=size[1], fps=rate, decoded=len(times), shown=shown,
                      repeated=int(np.clip(counts - 1, 0, None).sum()), dropped=int((counts == 0).sum()),

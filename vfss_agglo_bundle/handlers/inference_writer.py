@@ -78,7 +78,7 @@ class OverlayVideo:
                 first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=1000 * self.stride / self.fps,
                            loop=0)  # fmt: skip
         logger.info("overlay video of %d frames%s: %s", self.frames,
-                    f" (every {self.stride}th in the GIF)" if self.stride > 1 else "", self.path)  # fmt: skip
+                    f" (one in {self.stride} in the GIF)" if self.stride > 1 else "", self.path)  # fmt: skip
 
     def abort(self) -> None:
         """Drop the unfinished video."""
