@@ -90,9 +90,12 @@ class _Decoded:
                     self.skipped += 1
 
 
-def _grey(frame) -> np.ndarray:
-    """uint8 ``[H, W]`` of a decoded frame (the luma plane of YUV video, BT.601 luminance of RGB and palette)."""
-    return np.ascontiguousarray(frame.to_ndarray(format="gray"))
+def _grey(frame, reformatter) -> np.ndarray:
+    """uint8 ``[H, W]`` of a decoded frame (the luma plane of YUV video, BT.601 luminance of RGB and palette).
+
+    ``reformatter`` (``av.video.reformatter.VideoReformatter``) is shared by a video's frames: it keeps its
+    conversion context, which ``frame.to_ndarray(format="gray")`` would build anew for every frame (15x slower)."""
+    return np.ascontiguousarray(reformatter.reformat(frame, format="gray").to_ndarray())
 
 
 @dataclass(frozen=True)
@@ -200,16 +203,18 @@ def probe_video(path: PathLike, fps: float | None = None) -> VideoInfo:
 def read_video(path: PathLike, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
     """Yield a video's frames as uint8 grey ``[H, W]``, one at a time (resampled as ``info`` says: a variable frame
     rate onto an even grid; ``None``: every decoded frame once)."""
-    path = Path(path)
+    from av.video.reformatter import VideoReformatter
+
+    path, reformatter = Path(path), VideoReformatter()
     shown = iter(info.shown) if info is not None else None
     wanted = next(shown, None) if shown is not None else None
     for index, frame in enumerate(_Decoded(path)):
         if shown is None:
-            yield _grey(frame)
+            yield _grey(frame, reformatter)
             continue
         if wanted != index:
             continue  # dropped by the resampling
-        image = _grey(frame)
+        image = _grey(frame, reformatter)
         while wanted == index:
             yield image
             wanted = next(shown, None)
