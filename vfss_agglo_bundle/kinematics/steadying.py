@@ -45,6 +45,7 @@ class TemporalSmoother:
         self._frames: deque[tuple[int, np.ndarray]] = deque()
         self._centre = 0  # position in _frames of the next frame to give out
         self._last: int | None = None
+        self._total: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Frames held."""
@@ -86,7 +87,10 @@ class TemporalSmoother:
     def _mean_at_centre(self) -> tuple[int, np.ndarray]:
         start = max(0, self._centre - self.radius)
         window = [self._frames[i][1] for i in range(start, min(len(self._frames), self._centre + self.radius + 1))]
-        total = window[0].astype(np.float32)  # summed in place: no stacked copy of the window
+        if self._total is None or self._total.shape != window[0].shape:
+            self._total = np.empty(window[0].shape, np.float32)
+        total = self._total  # summed in place in one reused buffer: only the mean handed out is a new array
+        np.copyto(total, window[0])
         for array in window[1:]:
             total += array
         result = (self._frames[self._centre][0], total / np.float32(len(window)))
