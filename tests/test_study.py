@@ -149,8 +149,14 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
         f"print(run_study({str(tmp_path)!r}, {str(tmp_path / 'runs')!r}, [0], common={common!r}, "
         "only=['hed-probe', 'scratch-probe', 'default-finetune', 'c4-specialist-finetune']))"
     )
+    scratch = next(r for r in plan_runs([0]) if r.name == "scratch-probe-s0")
+    stopped = tmp_path / "runs" / "scratch-probe-s0" / "cpu_seconds.json"  # an earlier attempt, stopped after 600 s
+    stopped.parent.mkdir(parents=True)
+    stopped.write_text(json.dumps({"fingerprint": run_fingerprint(scratch, common, "cpu"), "seconds": 600.0}))
     first = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
+    resumed = json.loads((tmp_path / "runs" / "scratch-probe-s0.json").read_text())["cpu_minutes"]
+    assert resumed > 10 and json.loads(stopped.read_text())["seconds"] == pytest.approx(60 * resumed, abs=1)
     order = "['scratch-probe-s0', 'hed-probe-s0', 'default-finetune-s0', 'c4-specialist-finetune-s0']"
     assert order in first.stdout
     summary = json.loads((tmp_path / "runs" / "hed-probe-s0.json").read_text())
@@ -165,6 +171,16 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
     again = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[]" in again.stdout  # nothing to do: both summaries match their fingerprints
     assert (tmp_path / "runs" / "hed-probe-s0.json").read_bytes() == before
+
+
+def test_a_run_reports_its_cpu_time_while_it_runs(tmp_path):
+    from vfss_agglo_bundle.study.runner import run_logged
+
+    seen = []
+    burn = [sys.executable, "-c", "import time\nwhile time.process_time() < 1.5: pass"]
+    total = run_logged(burn, tmp_path / "burn.log", threads=1, on_cpu=seen.append, every=0.2)
+    assert total >= 1.5 and len(seen) >= 2  # from /proc while it ran, and from wait4 at its end
+    assert seen == sorted(seen) and seen[-1] <= total + 0.02
 
 
 def test_the_committed_report_is_the_committed_summaries_report():

@@ -4,7 +4,8 @@ for the same fingerprint, and a small summary per finished run written to ``docs
 Runs live in ``<work_dir>/runs/<run>/`` (not committed); every run shares ``<work_dir>/data`` (one phantom dataset,
 ``data_seed`` 0) and ``<work_dir>/cache`` (one teacher store). A run whose stage 1 another finished run already
 computed (same teachers, balancer, standardisation, epochs and seed) starts from a copy of it, so it costs stage 2
-only.
+only. A run's CPU time is kept in ``<run>/cpu_seconds.json`` while it runs (every 30 s), so a run stopped from outside
+and resumed later reports the CPU time of all its attempts (less at most 30 s of each stopped one).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 STAGE1_FILES = ("student_encoder.pt", "distillation.done.json")
 MARKER = "study_run.json"
+CPU_FILE = "cpu_seconds.json"  # CPU seconds a run has used so far, over all its attempts (a stopped run resumes)
 DIGITS = 6
 
 
@@ -41,12 +43,36 @@ def override_words(values: Mapping[str, Any]) -> list[str]:
     return words
 
 
-def run_logged(cmd: Sequence[str], log: Path, threads: int) -> float:
-    """Run ``cmd`` from the bundle root with its output in ``log``; returns its CPU seconds (user + system)."""
+def _cpu_so_far(pid: int) -> float | None:
+    """CPU seconds (user + system, with its waited-for children) a running process has used; None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
+
+
+def run_logged(
+    cmd: Sequence[str], log: Path, threads: int, on_cpu: Callable[[float], None] | None = None, every: float = 30.0
+) -> float:
+    """Run ``cmd`` from the bundle root with its output in ``log``; returns its CPU seconds (user + system).
+
+    ``on_cpu`` is called with the CPU seconds so far every ``every`` seconds while it runs, so that a run stopped
+    from outside (the session's end) leaves its CPU time behind."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "GOMP_SPINCOUNT": "10000"}
     with open(log, "a") as out:
         process = subprocess.Popen(list(cmd), cwd=BUNDLE_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
+        reported = time.monotonic()
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if on_cpu is not None and time.monotonic() - reported >= every:
+                seconds = _cpu_so_far(process.pid)
+                if seconds is not None:
+                    on_cpu(seconds)
+                reported = time.monotonic()
+            time.sleep(0.5)
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {process.returncode}); see {log}.")
@@ -134,10 +160,20 @@ def run_one(
     started = time.time()
     stage1 = "none" if not run.stage1_key else "shared" if source is not None else "computed here"
     logger.info("study: %s (stage 1: %s)", run.name, stage1)
-    cpu = run_logged([*base, "training", "--config_file", "configs/train.yaml", *words], root / "training.log", threads)
+    ledger = root / CPU_FILE
+    found = read_json(ledger) if ledger.is_file() else {}
+    cpu = float(found["seconds"]) if found.get("fingerprint") == fingerprint else 0.0  # earlier, stopped attempts
+
+    def record(seconds: float) -> None:
+        write_json(ledger, {"fingerprint": fingerprint, "seconds": round(cpu + seconds, 1)}, overwrite=True)
+
+    training = [*base, "training", "--config_file", "configs/train.yaml", *words]
+    cpu += run_logged(training, root / "training.log", threads, on_cpu=record)
+    record(0.0)
     evaluation = ["--eval_split", "validation", "--output_dir", str(root / "eval/validation")]
     cpu += run_logged([*base, "evaluating", "--config_file", "configs/evaluate.yaml", *_evaluate_words(words),
-                       *evaluation], root / "evaluating.log", threads)  # fmt: skip
+                       *evaluation], root / "evaluating.log", threads, on_cpu=record)  # fmt: skip
+    record(0.0)
     validation = read_json(root / "eval/validation/report.json")
     summary = {
         "run": run.name,
