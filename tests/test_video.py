@@ -271,14 +271,27 @@ def _anonymous_mb() -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident memory from /proc")
-def test_large_blocks_go_back_to_the_system_when_freed():
-    from vfss_agglo_bundle.utils.memory import return_large_blocks
+def test_free_heap_pages_go_back_to_the_system():
+    from vfss_agglo_bundle.utils.memory import release_free_memory
 
-    assert return_large_blocks()
-    big = np.ones(30 << 20, np.uint8)  # glibc's own rule would now raise its threshold to 30 MB
-    del big
-    start = _anonymous_mb()
-    block = np.ones(8 << 20, np.uint8)  # 8 MB, touched
-    held = _anonymous_mb()
-    del block
-    assert held - start > 7 and held - _anonymous_mb() > 7  # mapped, and unmapped when freed
+    blocks = [np.ones(64 << 10, np.uint8) for _ in range(2000)]  # 125 MB of 64 KB heap blocks, touched
+    del blocks[::2]  # 62.5 MB freed between live blocks: the heap cannot shrink from its top
+    before = _anonymous_mb()
+    assert release_free_memory()
+    assert before - _anonymous_mb() > 50
+    assert len(blocks) == 1000 and all(int(b[-1]) == 1 for b in blocks)  # the live blocks are untouched
+
+
+def test_inferring_gives_free_memory_back_every_few_batches(monkeypatch):
+    from ignite.engine import Engine
+    from vfss_agglo_bundle.handlers import ReleaseMemory
+    from vfss_agglo_bundle.handlers import memory as handler_module
+
+    calls = []
+    monkeypatch.setattr(handler_module, "release_free_memory", lambda: calls.append(1) or True)
+    engine = Engine(lambda engine, batch: None)
+    ReleaseMemory(every=8).attach(engine)
+    engine.run(range(20), max_epochs=1)
+    assert len(calls) == 2  # after batches 8 and 16
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        ReleaseMemory(every=0)
