@@ -162,13 +162,16 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2)) -> str:
         lines += [f"## Arms, {protocol} (test, mean +- sd over seeds)", "", *_arm_table(summaries, protocol), ""]
 
     best_all4 = f"all4-{choices.best_balancer}" if choices.best_balancer else "all4-attention"
+    pair = "pair-" + "+".join(choices.best_pair) if choices.best_pair else None
+    four_against_fewer = [((best_all4, p), (choices.best_single, p)) for p in ("probe", "finetune")]
+    four_against_fewer += [((best_all4, "probe"), (pair, "probe")), ((pair, "probe"), (choices.best_single, "probe"))]
     questions = [
         ("1. Does distillation beat training from scratch?",
          [(("default", "finetune"), ("scratch", "finetune")), ((best_all4, "finetune"), ("scratch", "finetune")),
           *[((t, "probe"), ("scratch", "probe")) for t in ALL_TEACHERS],
           ((best_all4, "probe"), ("scratch", "probe"))]),
-        ("2. Do four teachers beat the best single teacher (the paper: about +2 points)?",
-         [((best_all4, p), (choices.best_single, p)) for p in ("probe", "finetune")] if choices.best_single else []),
+        ("2. Do four teachers beat the best single teacher (the paper: about +2 points)? And the best pair?",
+         four_against_fewer if choices.best_single else []),
         ("3. Does any balancer beat fixed weights, and does PHI-S help? (probe, four teachers)",
          [((f"all4-{b}", "probe"), ("all4-fixed", "probe"))
           for b in ("attention", "uncertainty", "mlp", "mlp-phis", "attention-phis", "fixed-phis")]
@@ -200,6 +203,10 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2)) -> str:
         for studies, mean, low, high in _label_curve(summaries, arm):
             lines.append(f"| {arm} | {studies} | {mean:.4f} | [{low:.4f}, {high:.4f}] |")
     lines += ["", "## Converged?", ""]
+    default = _runs(summaries, "default", "finetune").get(seeds[0])
+    if default is not None:
+        lines += [f"The default arm at seed {seeds[0]} is the default run itself (its config, seed and data): test "
+                  f"mean Dice {default['test']['tasks']['mean']['dice']:.4f}.", ""]  # fmt: skip
     doubled = compare(summaries, ("default-2x", "finetune"), ("default", "finetune"))
     if doubled is None:
         lines.append("(the doubled-epoch run of the default arm is not done yet)")
