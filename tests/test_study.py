@@ -129,6 +129,15 @@ def test_the_report_sets_four_teachers_against_the_best_single_and_the_best_pair
     assert "| pair-litemedsam+ct_clip_r152 (probe) - litemedsam (probe) | mean | 3 | +0.0200 |" in question
 
 
+def test_an_arm_without_absent_frames_has_no_false_positive_rate():
+    found = _summaries({"scratch": 0.0, "hyoid-specialist": 0.01}, {"scratch": 0.5, "hyoid-specialist": 0.5},
+                       protocol="finetune")  # fmt: skip
+    for seed in SEEDS:  # the hyoid is in every test frame: no frame where it is absent
+        found[f"hyoid-specialist-finetune-s{seed}"]["test"]["tasks"]["mean"]["fp_rate"] = None
+    row = next(line for line in markdown(found).splitlines() if line.startswith("| hyoid-specialist | 3 |"))
+    assert row.split(" | ")[4] == "-" and row.split(" | ")[3] == "0.6200"
+
+
 def test_the_default_arm_is_the_default_run():
     """The fine-tune protocol's default arm at seed 0 gives the model card's default run's test mean Dice (within
     0.02, the issue's bar)."""

@@ -96,6 +96,12 @@ def _tasks_driving(summaries: Summaries, a: tuple[str, str], b: tuple[str, str],
             if c is not None and (c["low"] > 0 or c["high"] < 0)]  # fmt: skip
 
 
+def _mean_or_dash(values: Sequence[float | None]) -> str:
+    """Mean of the values that exist, or ``-`` (a task present in every test frame has no false-positive rate)."""
+    found = [v for v in values if v is not None]
+    return f"{np.mean(found):.4f}" if found else "-"
+
+
 def _arm_table(summaries: Summaries, protocol: str) -> list[str]:
     arms: dict[str, list[Mapping[str, Any]]] = {}
     for _, s in sorted(summaries.items()):
@@ -111,7 +117,7 @@ def _arm_table(summaries: Summaries, protocol: str) -> list[str]:
         cpu = [r["cpu_minutes"] for r in runs if r["device"] == "cpu"]
         rows.append(
             f"| {arm} | {len(runs)} | {dice.mean():.4f} +- {dice.std():.4f} | "
-            f"{np.mean([m['dice_present'] for m in mean]):.4f} | {np.mean([m['fp_rate'] for m in mean]):.4f} | "
+            f"{_mean_or_dash([m['dice_present'] for m in mean])} | {_mean_or_dash([m['fp_rate'] for m in mean])} | "
             f"{np.mean([r['validation_mean_dice'] for r in runs]):.4f} | "
             f"{(f'{np.mean(cpu):.1f}' if cpu else '-')} |"
         )
