@@ -6,6 +6,7 @@ efficiency, each under the frozen-encoder probe and/or fine-tuning, 3 seeds; res
     python scripts/study.py run --only "['default-finetune']" --seeds "[0]"
     python scripts/study.py plan                         # the runs, done or not
     python scripts/study.py report                       # docs/study.md and docs/study.png from the summaries alone
+    python scripts/study.py time --arm default           # a candidate default's whole run from nothing, timed
 
 Each finished run writes docs/study/runs/<arm>-<protocol>-s<seed>.json (commit it); a run whose summary exists for
 the same fingerprint (settings, seed, device type) is skipped. The runs themselves live under --work_dir.
@@ -19,6 +20,7 @@ import fire
 from vfss_agglo_bundle.study import choose, load_summaries, plan_runs, run_study
 
 SUMMARIES = "docs/study/runs"
+TIMINGS = "docs/study/default_runs.json"
 
 
 def run(
@@ -45,13 +47,22 @@ def plan(summaries: str = SUMMARIES, seeds: tuple = (0, 1, 2)) -> None:
         print(f"{state:6s} {r.name:40s} {r.group:12s} {r.config_overrides()}")
 
 
-def report(summaries: str = SUMMARIES, out: str = "docs/study.md") -> None:
-    """Rebuild the study report and its figure from the run summaries alone."""
+def report(summaries: str = SUMMARIES, out: str = "docs/study.md", timings: str = TIMINGS) -> None:
+    """Rebuild the study report and its figure from the run summaries and the candidate defaults' timings alone."""
     from vfss_agglo_bundle.study.report import write_report
 
-    print(write_report(summaries, out))
+    print(write_report(summaries, out, timings))
+
+
+def time_run(arm: str, out: str = TIMINGS, summaries: str = SUMMARIES, work_dir: str = "eval/study/timing") -> None:
+    """Time a candidate default's whole `training` run from nothing (run it with nothing else running)."""
+    from vfss_agglo_bundle.study.timing import time_default_run
+
+    entry = time_default_run(arm, out, summaries, work_dir)
+    print(f"{arm}: {entry['wall_minutes']:.1f} min wall, {entry['cpu_minutes']:.1f} CPU min, test mean Dice "
+          f"{entry['test_mean_dice']:.4f}; written to {out}")  # fmt: skip
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    fire.Fire({"run": run, "plan": plan, "report": report})
+    fire.Fire({"run": run, "plan": plan, "report": report, "time": time_run})

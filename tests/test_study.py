@@ -10,11 +10,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 from vfss_agglo_bundle.data.datalist import study_fraction
 from vfss_agglo_bundle.networks.segmenter import VFSSSegmenter
-from vfss_agglo_bundle.study import ALL_TEACHERS, Choices, Run, choose, plan_runs, run_fingerprint
-from vfss_agglo_bundle.study.report import bootstrap_difference, compare, markdown, write_report
+from vfss_agglo_bundle.study import ALL_TEACHERS, Choices, Run, choose, load_summaries, plan_runs, run_fingerprint
+from vfss_agglo_bundle.study.report import (
+    bootstrap_difference,
+    compare,
+    default_pick,
+    load_timings,
+    markdown,
+    write_report,
+)
 
 SEEDS = (0, 1, 2)
 
@@ -148,6 +156,79 @@ def test_the_default_arm_is_the_default_run():
     assert f"test mean Dice {arm['test']['tasks']['mean']['dice']:.4f}" in (ROOT / "docs" / "study.md").read_text()
 
 
+def _with_choices() -> dict:
+    """Probe runs that choose litemedsam (best single) and attention with PHI-S (best balancer)."""
+    validation = {"scratch": 0.3, "litemedsam": 0.8, "hog": 0.7, "hed": 0.6, "ct_clip_r152": 0.75}
+    validation |= {f"all4-{b}": 0.7 for b in ("attention", "fixed", "fixed-phis", "uncertainty", "mlp-phis")}
+    validation["all4-attention-phis"] = 0.9
+    return _summaries(dict.fromkeys(validation, 0.0), validation)
+
+
+def test_the_default_the_study_picks():
+    """The fastest of the arms that tie (CI includes 0) with the best one within the 20-minute bar."""
+    found = _with_choices()
+    noise = np.random.default_rng(0).normal(0.0, 0.05, (3, 3))
+    noise -= noise.mean()  # litemedsam: 0.01 below the default on average, noisy
+    shifts = {"scratch": np.zeros((3, 3)), "default": np.full((3, 3), 0.02), "litemedsam": 0.01 + noise,
+              "all4-attention-phis": np.full((3, 3), 0.05)}  # fmt: skip
+    for arm, shift in shifts.items():
+        for seed in SEEDS:
+            studies = {f"s0{i + 1}": 0.5 + 0.1 * i + shift[seed, i] for i in range(3)}
+            found[f"{arm}-finetune-s{seed}"] = _summary(arm, "finetune", seed, studies, 0.5)
+    timings = {"scratch": {"wall_minutes": 14.0}, "default": {"wall_minutes": 17.5},
+               "litemedsam": {"wall_minutes": 16.0}, "all4-attention-phis": {"wall_minutes": 25.0}}  # fmt: skip
+    assert compare(found, ("litemedsam", "finetune"), ("default", "finetune"))["low"] < 0  # ties with the default
+    pick, rows, why = default_pick(found, timings)
+    assert pick == "litemedsam"  # all4 is best but over 20 min; scratch is 0.02 below the default, CI excludes 0
+    assert why == "default has the highest test mean Dice within 20 min; litemedsam ties with it (CI includes 0) and " \
+                  "its whole run is faster"  # fmt: skip
+    assert "| all4-attention-phis | litemedsam+hog+hed+ct_clip_r152, attention + PHI-S | 3 | 0.6500 | +0.0300 " in \
+        "\n".join(rows)  # fmt: skip
+    assert default_pick(found, {**timings, "litemedsam": {"wall_minutes": 18.0}})[0] == "default"
+    assert "## 7. The default" in markdown(found, timings=timings) and "Pick: **litemedsam**" in markdown(
+        found, timings=timings
+    )
+    del timings["scratch"]
+    assert default_pick(found, timings)[::2] == (None, "waits for the whole-run timing of scratch")
+    del found["default-finetune-s2"]
+    assert default_pick(found, timings)[2].startswith("waits for runs default-finetune-s2")
+    assert default_pick(_summaries({"scratch": 0.0}, {"scratch": 0.5}, protocol="finetune"), timings)[0] is None
+
+
+def test_the_defaults_in_configs_follow_the_study():
+    """Once the study picks a default, configs/common.yaml's teachers and train.yaml's balancer and standardisation are
+    that arm's."""
+    found = load_summaries(ROOT / "docs" / "study" / "runs")
+    pick, _, why = default_pick(found, load_timings(ROOT / "docs" / "study" / "default_runs.json"))
+    if pick is None:
+        assert why.startswith("waits for")
+        return
+    overrides = next(r.overrides for r in plan_runs(SEEDS, choose(found, SEEDS)) if r.arm == pick)
+    common = yaml.safe_load((ROOT / "configs" / "common.yaml").read_text())
+    train = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
+    assert common["teachers"] == overrides["teachers"]
+    assert train["balancing"] == overrides.get("balancing", "attention")
+    assert train["standardize"] == overrides.get("standardize", "none")
+
+
+@pytest.mark.slow
+def test_a_candidate_default_is_timed_from_nothing(tmp_path):
+    from vfss_agglo_bundle.study.timing import time_default_run
+
+    common = {"phantom_studies": 5, "phantom_frames": 2, "phantom_test_frames": 2, "image_size": 64,
+              "seg_epochs": 1, "val_interval": 1, "seg_batch_size": 2}  # fmt: skip
+    out = tmp_path / "default_runs.json"
+    out.write_text(json.dumps({"default": {"wall_minutes": 17.5}}))
+    with pytest.raises(ValueError, match="'hed' is not a candidate default the study plans now"):
+        time_default_run("hed", out, tmp_path / "runs", tmp_path / "work", common=common)
+    entry = time_default_run("scratch", out, tmp_path / "runs", tmp_path / "work", common=common)
+    table = json.loads(out.read_text())
+    assert table == {"default": {"wall_minutes": 17.5}, "scratch": entry}  # other arms kept
+    assert entry["overrides"] == {"teachers": []} and entry["common"] == common and entry["seed"] == 0
+    assert 0 < entry["wall_minutes"] < 10 and 0 < entry["cpu_minutes"] and 0 <= entry["test_mean_dice"] <= 1
+    assert list((tmp_path / "work").iterdir()) == []  # the finished run's folder is removed
+
+
 def test_label_fractions_are_nested_and_seeded():
     items = [{"study": f"s{i:03d}", "frame": f} for i in range(80) for f in range(2)]
     eighth, half = study_fraction(items, 0.125, seed=1), study_fraction(items, 0.5, seed=1)
@@ -215,7 +296,8 @@ def test_a_run_reports_its_cpu_time_while_it_runs(tmp_path):
 
 
 def test_the_committed_report_is_the_committed_summaries_report():
-    """docs/study.md is exactly what `scripts/study.py report` rebuilds from docs/study/runs (on any machine)."""
-    from vfss_agglo_bundle.study import load_summaries
-
-    assert (ROOT / "docs" / "study.md").read_text() == markdown(load_summaries(ROOT / "docs" / "study" / "runs"))
+    """docs/study.md is exactly what `scripts/study.py report` rebuilds from docs/study/runs and the candidate
+    defaults' timings (on any machine)."""
+    timings = load_timings(ROOT / "docs" / "study" / "default_runs.json")
+    expected = markdown(load_summaries(ROOT / "docs" / "study" / "runs"), timings=timings)
+    assert (ROOT / "docs" / "study.md").read_text() == expected

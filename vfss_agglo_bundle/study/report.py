@@ -1,5 +1,6 @@
 """The study report, rebuilt from the committed run summaries alone (``docs/study/runs/*.json``): per-arm tables,
-paired differences with 95% bootstrap intervals for the study's six questions, and one figure.
+paired differences with 95% bootstrap intervals for the study's six questions, the default it picks (with the
+candidate defaults' whole-run timings, ``docs/study/default_runs.json``), and one figure.
 
 Everything is deterministic (sorted inputs, a fixed bootstrap seed, no dates), so ``scripts/study.py report`` gives
 the same ``docs/study.md`` byte for byte on any machine. A question whose runs are not all done yet says which are
@@ -16,12 +17,23 @@ from typing import Any
 import numpy as np
 from vfss_agglo_bundle.study.plan import ALL_TEACHERS, FRACTIONS, SPECIALIST_TASKS, choose, plan_runs
 from vfss_agglo_bundle.study.runner import load_summaries
-from vfss_agglo_bundle.utils.io import atomic_path, write_text
+from vfss_agglo_bundle.study.timing import BAR_MINUTES
+from vfss_agglo_bundle.utils.io import atomic_path, read_json, write_text
 
-__all__ = ["Comparison", "bootstrap_difference", "bootstrap_mean", "compare", "markdown", "write_report"]
+__all__ = [
+    "Comparison",
+    "bootstrap_difference",
+    "bootstrap_mean",
+    "compare",
+    "default_pick",
+    "load_timings",
+    "markdown",
+    "write_report",
+]
 
 RESAMPLES = 10_000
 Summaries = Mapping[str, Mapping[str, Any]]
+Timings = Mapping[str, Mapping[str, Any]]  # arm -> its whole default run's timing (docs/study/default_runs.json)
 Comparison = dict[str, Any]
 TRAINING_STUDIES = 80  # the default phantom's training split
 
@@ -135,8 +147,58 @@ def _label_curve(summaries: Summaries, arm: str) -> list[tuple[int, float, float
     return points
 
 
-def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2)) -> str:
-    """``docs/study.md`` from the run summaries."""
+def _mean_dice(summaries: Summaries, arm: str) -> float:
+    return float(np.mean([r["test"]["tasks"]["mean"]["dice"] for r in _runs(summaries, arm, "finetune").values()]))
+
+
+def default_pick(
+    summaries: Summaries, timings: Timings, seeds: Sequence[int] = (0, 1, 2)
+) -> tuple[str | None, list[str], str]:
+    """The default the study picks: among the candidate defaults (finetune arms of all tasks and labels) whose whole
+    default run took at most ``BAR_MINUTES``, the highest test mean Dice; an arm whose paired CI against it includes
+    0 ties with it, and ties go to the faster run. Returns ``(pick or None, table rows, why)``."""
+    choices = choose(summaries, seeds)
+    planned = plan_runs(seeds, choices)
+    candidates = [r.arm for r in planned
+                  if r.protocol == "finetune" and r.group == "teachers" and r.seed == seeds[0]]  # fmt: skip
+    missing = [f"{a}-finetune-s{s}" for a in candidates for s in seeds if f"{a}-finetune-s{s}" not in summaries]
+    untimed = [a for a in candidates if a not in timings]
+    within = [a for a in candidates if a in timings and timings[a]["wall_minutes"] <= BAR_MINUTES]
+    done = [a for a in candidates if _runs(summaries, a, "finetune")]
+    best = max((a for a in within if a in done), key=lambda a: _mean_dice(summaries, a), default=None)
+    rows = ["| arm | teachers, balancer | seeds | test mean Dice | minus the best, 95% CI | whole run (min) |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    tied = []
+    for arm in done:
+        overrides = next(r.overrides for r in planned if r.arm == arm)
+        setting = f"{'+'.join(overrides['teachers'])}, {overrides.get('balancing', 'attention')}"
+        setting = setting if overrides["teachers"] else "none (no stage 1)"
+        if overrides.get("standardize"):
+            setting += " + PHI-S"
+        c = compare(summaries, (arm, "finetune"), (best, "finetune")) if best and arm != best else None
+        against = "best" if arm == best else f"{c['mean']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" if c else "-"
+        minutes = f"{timings[arm]['wall_minutes']:.1f}" if arm in timings else "not timed"
+        if arm in within and (arm == best or (c is not None and c["high"] >= 0)):
+            tied.append(arm)
+        rows.append(f"| {arm} | {setting} | {len(_runs(summaries, arm, 'finetune'))} | "
+                    f"{_mean_dice(summaries, arm):.4f} | {against} | {minutes} |")  # fmt: skip
+    if choices.best_single is None or choices.best_balancer is None:
+        return None, rows, "waits for the probe choices (best single teacher, best balancer)"
+    if missing or untimed:
+        waits = [f"runs {', '.join(missing)}"] if missing else []
+        waits += [f"the whole-run timing of {', '.join(untimed)}"] if untimed else []
+        return None, rows, "waits for " + " and ".join(waits)
+    if best is None:
+        return None, rows, f"no candidate's whole run stays within {BAR_MINUTES:g} min"
+    pick = min(tied, key=lambda a: timings[a]["wall_minutes"])
+    why = f"{best} has the highest test mean Dice within {BAR_MINUTES:g} min"
+    if pick != best:
+        why += f"; {pick} ties with it (CI includes 0) and its whole run is faster"
+    return pick, rows, why
+
+
+def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Timings | None = None) -> str:
+    """``docs/study.md`` from the run summaries and the candidate defaults' whole-run timings."""
     choices = choose(summaries, seeds)
     planned = plan_runs(seeds, choices)
     missing = [r.name for r in planned if r.name not in summaries]
@@ -208,6 +270,13 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2)) -> str:
     for arm in ("scratch", best_all4):
         for studies, mean, low, high in _label_curve(summaries, arm):
             lines.append(f"| {arm} | {studies} | {mean:.4f} | [{low:.4f}, {high:.4f}] |")
+    pick, rows, why = default_pick(summaries, timings or {}, seeds)
+    lines += ["", "## 7. The default teacher set and balancer the study picks", "",
+              f"Rule: among the candidate defaults (finetune, all tasks, every label), the highest test mean Dice "
+              f"whose whole default run (fresh phantom, fresh teacher store, both stages and the test report, seed "
+              f"{seeds[0]}, `scripts/study.py time`, nothing else running) takes at most {BAR_MINUTES:g} min on 2 CPU "
+              f"cores; an arm whose paired CI against it includes 0 ties with it, and ties go to the faster run.",
+              "", *rows, "", f"Pick: **{pick or 'not yet'}** ({why})."]  # fmt: skip
     lines += ["", "## Converged?", ""]
     default = _runs(summaries, "default", "finetune").get(seeds[0])
     if default is not None:
@@ -261,10 +330,19 @@ def _plot(summaries: Summaries, path: Path, seeds: Sequence[int] = (0, 1, 2)) ->
     plt.close(fig)
 
 
-def write_report(summaries: str | os.PathLike = "docs/study/runs", out: str | os.PathLike = "docs/study.md") -> str:
-    """Write ``out`` and its figure (``.png`` beside it) from the summaries; returns the Markdown path."""
+def load_timings(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The candidate defaults' whole-run timings (``scripts/study.py time``); empty when none was timed yet."""
+    return read_json(path) if Path(path).is_file() else {}
+
+
+def write_report(
+    summaries: str | os.PathLike = "docs/study/runs",
+    out: str | os.PathLike = "docs/study.md",
+    timings: str | os.PathLike = "docs/study/default_runs.json",
+) -> str:
+    """Write ``out`` and its figure (``.png`` beside it) from the summaries and timings; returns the Markdown path."""
     found = load_summaries(summaries)
     out = Path(out)
-    write_text(out, markdown(found), overwrite=True)
+    write_text(out, markdown(found, timings=load_timings(timings)), overwrite=True)
     _plot(found, out.with_suffix(".png"))
     return str(out)

@@ -24,7 +24,16 @@ from typing import Any
 from vfss_agglo_bundle.study.plan import Run, choose, plan_runs, run_fingerprint
 from vfss_agglo_bundle.utils.io import read_json, write_json
 
-__all__ = ["BUNDLE_ROOT", "load_summaries", "override_words", "run_logged", "run_one", "run_study", "summary_of"]
+__all__ = [
+    "BUNDLE_ROOT",
+    "load_summaries",
+    "override_words",
+    "package_versions",
+    "run_logged",
+    "run_one",
+    "run_study",
+    "summary_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +113,7 @@ def _find_stage1(work_dir: Path, key: str, seed: int) -> Path | None:
     return None
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     import monai
     import torch
     import vfss_agglo_bundle
@@ -189,7 +198,7 @@ def run_one(
         "cpu_minutes": round(cpu / 60, 2),
         "wall_minutes": round((time.time() - started) / 60, 2),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {threads} threads",
-        "versions": _versions(),
+        "versions": package_versions(),
         "validation_mean_dice": _round(next(r["dice"] for r in validation["rows"] if r["task"] == "mean")),
         "test": summary_of(read_json(root / "eval/report.json")),
     }
