@@ -229,6 +229,27 @@ def test_a_candidate_default_is_timed_from_nothing(tmp_path):
     assert list((tmp_path / "work").iterdir()) == []  # the finished run's folder is removed
 
 
+def test_validation_curves_from_the_log_and_their_last_quarter(tmp_path):
+    from vfss_agglo_bundle.study.runner import validation_curve
+
+    log = tmp_path / "training.log"
+    lines = [
+        "2026-12-07 02:03:25,072 - INFO - Epoch[2] Metrics -- val_mean_dice: 0.1000 ",
+        "seg_loss: 0.5",
+        "INFO - Epoch[4] Metrics -- val_mean_dice: 0.2000 ",
+        "INFO - Epoch[4] Metrics -- val_mean_dice: 0.2500 ",
+        "INFO - Epoch[6] Metrics -- val_mean_dice: 0.3000 ",
+        "INFO - Epoch[8] Metrics -- val_mean_dice: 0.3500 ",
+    ]
+    log.write_text("\n".join(lines))  # epoch 4 twice: a stopped run resumed it; the later value counts
+    curve = validation_curve(log)
+    assert curve == {"2": 0.1, "4": 0.25, "6": 0.3, "8": 0.35}
+    found = _summaries({"hed": 0.0}, {"hed": 0.5})
+    for summary in found.values():
+        summary["validation_curve"] = curve
+    assert "| hed | probe | 3 | 0.3000 | 0.3500 | +0.0500 |" in markdown(found)  # 3/4 of 8 epochs: epoch 6
+
+
 def test_label_fractions_are_nested_and_seeded():
     items = [{"study": f"s{i:03d}", "frame": f} for i in range(80) for f in range(2)]
     eighth, half = study_fraction(items, 0.125, seed=1), study_fraction(items, 0.5, seed=1)
@@ -275,6 +296,7 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
     assert summary["protocol"] == "probe" and summary["overrides"]["freeze_encoder"] is True
     assert set(summary["test"]["tasks"]) >= {"bolus", "c4", "mean"} and len(summary["test"]["studies"]) >= 1
     assert summary["cpu_minutes"] > 0 and summary["device"] == "cpu" and not summary["stage1_shared"]
+    assert list(summary["validation_curve"]) == ["1"] and 0 <= summary["validation_curve"]["1"] <= 1
     specialist = json.loads((tmp_path / "runs" / "c4-specialist-finetune-s0.json").read_text())
     assert specialist["stage1_shared"] and set(specialist["test"]["tasks"]) == {"c4", "mean"}
     log = (tmp_path / "runs" / "c4-specialist-finetune-s0" / "training.log").read_text()

@@ -136,6 +136,29 @@ def _arm_table(summaries: Summaries, protocol: str) -> list[str]:
     return rows if len(rows) > 2 else ["(no runs yet)"]
 
 
+def _last_quarter(curve: Mapping[str, float]) -> tuple[float, float]:
+    """Validation Dice at the last check at or before 3/4 of stage 2, and at its end."""
+    epochs = sorted(int(e) for e in curve)
+    quarter = max((e for e in epochs if e <= 0.75 * epochs[-1]), default=epochs[0])
+    return curve[str(quarter)], curve[str(epochs[-1])]
+
+
+def _convergence_table(summaries: Summaries) -> list[str]:
+    """Per arm and protocol, mean over seeds: stage 2's validation Dice at 3/4 of its epochs and at its end."""
+    arms: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _, s in sorted(summaries.items()):
+        if s.get("validation_curve"):
+            arms.setdefault((s["arm"], s["protocol"]), []).append(_last_quarter(s["validation_curve"]))
+    rows = [
+        "| arm | protocol | seeds | validation Dice at 3/4 of stage 2 | at its end | change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (arm, protocol), values in sorted(arms.items(), key=lambda item: (item[0][1], item[0][0])):
+        quarter, end = np.mean(values, axis=0)
+        rows.append(f"| {arm} | {protocol} | {len(values)} | {quarter:.4f} | {end:.4f} | {end - quarter:+.4f} |")
+    return rows
+
+
 def _label_curve(summaries: Summaries, arm: str) -> list[tuple[int, float, float, float]]:
     """``(labelled studies, mean, low, high)`` of test mean Dice over seeds and studies, for each fraction done."""
     points = []
@@ -289,6 +312,10 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
         interval = f"[{doubled['low']:+.4f}, {doubled['high']:+.4f}]"
         lines.append(f"Doubling both stages' epochs of the default arm (seed 0) changes its test mean Dice by "
                      f"{doubled['mean']:+.4f} (95% CI over studies {interval}).")  # fmt: skip
+    lines += ["", "Stage 2's validation mean Dice over its last quarter (the learning rate decays to 0 at its last",
+              "epoch, so a rise here means an arm was still learning in its last quarter; probe differences then",
+              "compare encoders at the default budget, not at each probe's own convergence):", "",
+              *_convergence_table(summaries)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

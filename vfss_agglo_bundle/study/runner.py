@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ STAGE1_FILES = ("student_encoder.pt", "distillation.done.json")
 MARKER = "study_run.json"
 CPU_FILE = "cpu_seconds.json"  # CPU seconds a run has used so far, over all its attempts (a stopped run resumes)
 DIGITS = 6
+EPOCH_METRIC = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")  # StatsHandler's line, stage 2
 
 
 def override_words(values: Mapping[str, Any]) -> list[str]:
@@ -101,6 +103,13 @@ def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
         for study, tasks in sorted(report["studies"].items())
     }
     return {"frames": report["num_frames"], "tasks": rows, "studies": studies}
+
+
+def validation_curve(log: str | os.PathLike) -> dict[str, float]:
+    """Stage 2's validation mean Dice by epoch (``{"2": 0.25, "4": 0.57, ...}``, 4 decimals) from a run's training log;
+    where a stopped run repeated an epoch, its later attempt's value."""
+    found = {int(epoch): float(dice) for epoch, dice in EPOCH_METRIC.findall(Path(log).read_text(errors="replace"))}
+    return {str(epoch): found[epoch] for epoch in sorted(found)}
 
 
 def _find_stage1(work_dir: Path, key: str, seed: int) -> Path | None:
@@ -200,6 +209,7 @@ def run_one(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {threads} threads",
         "versions": package_versions(),
         "validation_mean_dice": _round(next(r["dice"] for r in validation["rows"] if r["task"] == "mean")),
+        "validation_curve": validation_curve(root / "training.log"),
         "test": summary_of(read_json(root / "eval/report.json")),
     }
     write_json(path, summary, keep_old=True)  # a summary of other settings is kept beside, under its date
