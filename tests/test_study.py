@@ -250,6 +250,15 @@ def test_validation_curves_from_the_log_and_their_last_quarter(tmp_path):
     assert "| hed | probe | 3 | 0.3000 | 0.3500 | +0.0500 |" in markdown(found)  # 3/4 of 8 epochs: epoch 6
 
 
+def test_the_doubled_run_says_what_it_changed():
+    found = _summaries({"default": 0.0, "default-2x": 0.004}, {"default": 0.5, "default-2x": 0.5}, (0,), "finetune")
+    for study in found["default-2x-finetune-s0"]["test"]["studies"].values():
+        study["bolus"] += 0.05
+    text = markdown(found)
+    assert ("changes its test mean Dice by +0.0040 (95% CI over studies [+0.0040, +0.0040]); the tasks it moved most: "
+            "bolus +0.0540 [+0.0540, +0.0540]; hyoid +0.0040 [+0.0040, +0.0040]; c4 +0.0040") in text  # fmt: skip
+
+
 def test_label_fractions_are_nested_and_seeded():
     items = [{"study": f"s{i:03d}", "frame": f} for i in range(80) for f in range(2)]
     eighth, half = study_fraction(items, 0.125, seed=1), study_fraction(items, 0.5, seed=1)
