@@ -33,6 +33,7 @@ __all__ = [
     "FRACTIONS",
     "PROTOCOLS",
     "SPECIALIST_TASKS",
+    "STUDY_BASE",
     "Choices",
     "Run",
     "choose",
@@ -44,6 +45,9 @@ ALL_TEACHERS: tuple[str, ...] = ("litemedsam", "hog", "hed", "ct_clip_r152")
 DEFAULT_TEACHERS: tuple[str, ...] = ("litemedsam", "hog")
 DEFAULT_OVERRIDES: dict[str, Any] = {"teachers": list(DEFAULT_TEACHERS), "balancing": "attention"}
 PROTOCOLS: dict[str, dict[str, Any]] = {"probe": {"freeze_encoder": True}, "finetune": {}}
+# the settings an arm leaves unsaid, given to every run (not part of its fingerprint: they are the configs' defaults
+# the study was planned with), so that adopting another default in configs/ cannot change a planned run
+STUDY_BASE: dict[str, Any] = {"balancing": "attention", "standardize": "none"}
 SPECIALIST_TASKS: tuple[str, ...] = ("bolus", "hyoid", "c4")
 FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5)
 SEG_EPOCHS, VAL_INTERVAL = 20, 2  # the default run's stage 2 (configs/train.yaml), scaled for label fractions

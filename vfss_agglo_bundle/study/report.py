@@ -18,7 +18,7 @@ import numpy as np
 from vfss_agglo_bundle.study.plan import ALL_TEACHERS, FRACTIONS, SPECIALIST_TASKS, choose, plan_runs
 from vfss_agglo_bundle.study.runner import load_summaries
 from vfss_agglo_bundle.study.timing import BAR_MINUTES
-from vfss_agglo_bundle.utils.io import atomic_path, read_json, write_text
+from vfss_agglo_bundle.utils.io import DataFormatError, atomic_path, read_json, write_text
 
 __all__ = [
     "Comparison",
@@ -144,7 +144,7 @@ def _last_quarter(curve: Mapping[str, float]) -> tuple[float, float]:
 
 
 def _convergence_table(summaries: Summaries) -> list[str]:
-    """Per arm and protocol, mean over seeds: stage 2's validation Dice at 3/4 of its epochs and at its end."""
+    """Per arm and protocol, mean over seeds: stage 2's validation Dice by 3/4 of its epochs and at its last check."""
     arms: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _, s in sorted(summaries.items()):
         if s.get("validation_curve"):
@@ -174,34 +174,46 @@ def _mean_dice(summaries: Summaries, arm: str) -> float:
     return float(np.mean([r["test"]["tasks"]["mean"]["dice"] for r in _runs(summaries, arm, "finetune").values()]))
 
 
+def _usable(timing: Mapping[str, Any] | None, overrides: Mapping[str, Any], seed: int) -> bool:
+    """A timing counts for a candidate when it ran the candidate's settings, seed and full dataset."""
+    return timing is not None and dict(timing["overrides"]) == dict(overrides) and not timing["common"] \
+        and timing["seed"] == seed  # fmt: skip
+
+
 def default_pick(
     summaries: Summaries, timings: Timings, seeds: Sequence[int] = (0, 1, 2)
 ) -> tuple[str | None, list[str], str]:
     """The default the study picks: among the candidate defaults (finetune arms of all tasks and labels) whose whole
     default run took at most ``BAR_MINUTES``, the highest test mean Dice; an arm whose paired CI against it includes
-    0 ties with it, and ties go to the faster run. Returns ``(pick or None, table rows, why)``."""
+    0 ties with it, and ties go to the faster run. Returns ``(pick or None, table rows, why)``.
+
+    A timing counts only for the settings, seed and dataset it ran (``scripts/study.py time`` records them)."""
     choices = choose(summaries, seeds)
-    planned = plan_runs(seeds, choices)
-    candidates = [r.arm for r in planned
-                  if r.protocol == "finetune" and r.group == "teachers" and r.seed == seeds[0]]  # fmt: skip
-    missing = [f"{a}-finetune-s{s}" for a in candidates for s in seeds if f"{a}-finetune-s{s}" not in summaries]
-    untimed = [a for a in candidates if a not in timings]
-    within = [a for a in candidates if a in timings and timings[a]["wall_minutes"] <= BAR_MINUTES]
-    done = [a for a in candidates if _runs(summaries, a, "finetune")]
-    best = max((a for a in within if a in done), key=lambda a: _mean_dice(summaries, a), default=None)
+    planned = {r.arm: r.overrides for r in plan_runs(seeds, choices) if r.protocol == "finetune" and r.seed == seeds[0]
+               and r.group == "teachers"}  # fmt: skip
+    timed = {a: timings[a]["wall_minutes"] for a, o in planned.items() if _usable(timings.get(a), o, seeds[0])}
+    missing = [f"{a}-finetune-s{s}" for a in planned for s in seeds if f"{a}-finetune-s{s}" not in summaries]
+    untimed = [a for a in planned if a not in timed]
+    done = [a for a in planned if _runs(summaries, a, "finetune")]
+    within = [a for a in done if a in timed and timed[a] <= BAR_MINUTES]
+    best = max(within, key=lambda a: _mean_dice(summaries, a), default=None)
+    final = choices.best_single is not None and choices.best_balancer is not None and not missing and not untimed
     rows = ["| arm | teachers, balancer | seeds | test mean Dice | minus the best, 95% CI | whole run (min) |",
             "|---|---|---|---|---|---|"]  # fmt: skip
     tied = []
     for arm in done:
-        overrides = next(r.overrides for r in planned if r.arm == arm)
+        overrides = planned[arm]
         setting = f"{'+'.join(overrides['teachers'])}, {overrides.get('balancing', 'attention')}"
         setting = setting if overrides["teachers"] else "none (no stage 1)"
         if overrides.get("standardize"):
             setting += " + PHI-S"
         c = compare(summaries, (arm, "finetune"), (best, "finetune")) if best and arm != best else None
-        against = "best" if arm == best else f"{c['mean']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" if c else "-"
-        minutes = f"{timings[arm]['wall_minutes']:.1f}" if arm in timings else "not timed"
-        if arm in within and (arm == best or (c is not None and c["high"] >= 0)):
+        if arm == best:
+            against = "best" if final else "best so far"
+        else:
+            against = f"{c['mean']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" if c else "-"
+        minutes = f"{timed[arm]:.2f}" if arm in timed else "other settings" if arm in timings else "not timed"
+        if arm in within and (arm == best or (c is not None and c["low"] <= 0 <= c["high"])):
             tied.append(arm)
         rows.append(f"| {arm} | {setting} | {len(_runs(summaries, arm, 'finetune'))} | "
                     f"{_mean_dice(summaries, arm):.4f} | {against} | {minutes} |")  # fmt: skip
@@ -213,7 +225,7 @@ def default_pick(
         return None, rows, "waits for " + " and ".join(waits)
     if best is None:
         return None, rows, f"no candidate's whole run stays within {BAR_MINUTES:g} min"
-    pick = min(tied, key=lambda a: timings[a]["wall_minutes"])
+    pick = min(tied, key=lambda a: timed[a])
     why = f"{best} has the highest test mean Dice within {BAR_MINUTES:g} min"
     if pick != best:
         why += f"; {pick} ties with it (CI includes 0) and its whole run is faster"
@@ -312,13 +324,14 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
         interval = f"[{doubled['low']:+.4f}, {doubled['high']:+.4f}]"
         by_task = [c for c in (compare(summaries, doubled["a"], doubled["b"], t) for t in tasks) if c is not None]
         largest = sorted(by_task, key=lambda c: -abs(c["mean"]))[:3]
-        lines.append(f"Doubling both stages' epochs of the default arm (seed 0) changes its test mean Dice by "
-                     f"{doubled['mean']:+.4f} (95% CI over studies {interval}); the tasks it moved most: "
+        lines.append(f"Doubling both stages' epochs of the default arm (seed {seeds[0]}) changes its test mean Dice by "
+                     f"{doubled['mean']:+.4f} (95% CI over studies {interval}); the tasks whose mean it moved most: "
                      + "; ".join(f"{c['task']} {c['mean']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" for c in largest)
                      + ".")  # fmt: skip
-    lines += ["", "Stage 2's validation mean Dice over its last quarter (the learning rate decays to 0 at its last",
+    lines += ["", "Stage 2's validation mean Dice at its last check at or before 3/4 of its epochs and at its last",
+              "check (the tested model is the best-validation checkpoint). The learning rate decays to 0 at the last",
               "epoch, so a rise here means an arm was still learning in its last quarter; probe differences then",
-              "compare encoders at the default budget, not at each probe's own convergence):", "",
+              "compare encoders at the default budget, not at each probe's own convergence:", "",
               *_convergence_table(summaries)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -361,9 +374,24 @@ def _plot(summaries: Summaries, path: Path, seeds: Sequence[int] = (0, 1, 2)) ->
     plt.close(fig)
 
 
+TIMING_FIELDS = {"wall_minutes": (int, float), "overrides": dict, "common": dict, "seed": int}
+
+
 def load_timings(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """The candidate defaults' whole-run timings (``scripts/study.py time``); empty when none was timed yet."""
-    return read_json(path) if Path(path).is_file() else {}
+    if not Path(path).is_file():
+        return {}
+    found = read_json(path)
+    if not isinstance(found, dict):
+        raise DataFormatError(f"{path} is not an object of arm -> timing; re-time with `scripts/study.py time`.")
+    for arm, entry in found.items():
+        wrong = [
+            k for k, kind in TIMING_FIELDS.items() if not isinstance(entry, dict) or not isinstance(entry.get(k), kind)
+        ]
+        if wrong:
+            raise DataFormatError(f"{path}: the timing of {arm!r} lacks or mistypes {', '.join(wrong)}; re-time it "
+                                  f"with `python scripts/study.py time --arm {arm}`.")  # fmt: skip
+    return found
 
 
 def write_report(

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vfss_agglo_bundle.study.plan import Run, choose, plan_runs, run_fingerprint
-from vfss_agglo_bundle.utils.io import read_json, write_json
+from vfss_agglo_bundle.study.plan import STUDY_BASE, Run, choose, plan_runs, run_fingerprint
+from vfss_agglo_bundle.utils.io import keep_previous, read_json, write_json
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -43,7 +43,7 @@ STAGE1_FILES = ("student_encoder.pt", "distillation.done.json")
 MARKER = "study_run.json"
 CPU_FILE = "cpu_seconds.json"  # CPU seconds a run has used so far, over all its attempts (a stopped run resumes)
 DIGITS = 6
-EPOCH_METRIC = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")  # StatsHandler's line, stage 2
+EPOCH_METRIC = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: (\S+)")  # StatsHandler's line, stage 2
 
 
 def override_words(values: Mapping[str, Any]) -> list[str]:
@@ -173,7 +173,7 @@ def run_one(
     write_json(root / MARKER, {"stage1_key": run.stage1_key, "seed": run.seed}, overwrite=True)
     words = ["--bundle_root", str(root), "--dataset_dir", str(work_dir / "data"), "--cache_dir",
              str(work_dir / "cache"), "--device", device, *(["--amp", "True"] if device_type == "cuda" else []),
-             "--seed", str(run.seed), *override_words({**common, **run.config_overrides()})]  # fmt: skip
+             "--seed", str(run.seed), *override_words({**STUDY_BASE, **common, **run.config_overrides()})]  # fmt: skip
     base = [sys.executable, "-m", "monai.bundle", "run"]
     started = time.time()
     stage1 = "none" if not run.stage1_key else "shared" if source is not None else "computed here"
@@ -181,6 +181,9 @@ def run_one(
     ledger = root / CPU_FILE
     found = read_json(ledger) if ledger.is_file() else {}
     cpu = float(found["seconds"]) if found.get("fingerprint") == fingerprint else 0.0  # earlier, stopped attempts
+    if found and found.get("fingerprint") != fingerprint:  # an attempt with other settings: its logs set aside
+        for log in ("training.log", "evaluating.log"):
+            keep_previous(root / log)
 
     def record(seconds: float) -> None:
         write_json(ledger, {"fingerprint": fingerprint, "seconds": round(cpu + seconds, 1)}, overwrite=True)

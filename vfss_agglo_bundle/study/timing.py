@@ -20,7 +20,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from vfss_agglo_bundle.study.plan import choose, plan_runs
+from vfss_agglo_bundle.study.plan import STUDY_BASE, choose, plan_runs
 from vfss_agglo_bundle.study.runner import load_summaries, override_words, package_versions, run_logged, summary_of
 from vfss_agglo_bundle.utils.io import read_json, write_json
 
@@ -57,7 +57,7 @@ def time_default_run(
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"{arm}-", dir=work_dir)).resolve()
     words = ["--bundle_root", str(root), "--dataset_dir", str(root / "data"), "--cache_dir", str(root / "cache"),
-             "--seed", str(seeds[0]), *override_words({**(common or {}), **candidates[arm]})]  # fmt: skip
+             "--seed", str(seeds[0]), *override_words({**STUDY_BASE, **(common or {}), **candidates[arm]})]  # fmt: skip
     load = os.getloadavg()[0]
     logger.info("timing the whole default run of %s in %s (load average %.2f)", arm, root, load)
     started = time.monotonic()
