@@ -16,6 +16,8 @@ Arms (the teachers ``litemedsam``, ``hog``, ``hed`` and ``ct_clip_r152``; ``all4
   one task each), and label efficiency: ``scratch`` and ``all4`` on 1/8, 1/4 and 1/2 of the training studies at the
   same number of optimizer steps (epochs and validation interval scaled by 1 / fraction).
 
+Convergence (seed 0): the default arm with both stages' epochs doubled, and with each stage's alone.
+
 A probe run and a finetune run with the same teachers, balancer, standardisation and seed share one stage 1.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "ALL_TEACHERS",
+    "CONVERGENCE_ARMS",
     "DEFAULT_OVERRIDES",
     "FRACTIONS",
     "PROTOCOLS",
@@ -52,6 +55,12 @@ SPECIALIST_TASKS: tuple[str, ...] = ("bolus", "hyoid", "c4")
 FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5)
 SEG_EPOCHS, VAL_INTERVAL = 20, 2  # the default run's stage 2 (configs/train.yaml), scaled for label fractions
 FORMAT = "vfss-agglo study run 1"
+DISTILL_EPOCHS = 16  # the default run's stage 1 (configs/train.yaml)
+CONVERGENCE_ARMS: dict[str, dict[str, int]] = {
+    "default-2x": {"distill_epochs": 2 * DISTILL_EPOCHS, "seg_epochs": 2 * SEG_EPOCHS},
+    "default-distill2x": {"distill_epochs": 2 * DISTILL_EPOCHS},
+    "default-seg2x": {"seg_epochs": 2 * SEG_EPOCHS},
+}
 
 
 @dataclass(frozen=True)
@@ -143,8 +152,8 @@ def plan_runs(seeds: Sequence[int] = (0, 1, 2), choices: Choices = NO_CHOICES) -
         for fraction in FRACTIONS:
             add(f"all4-{choices.best_balancer}-f{fraction:g}", "finetune", "labels",
                 {**best, **_fraction_overrides(fraction)})  # fmt: skip
-    runs.append(Run("default-2x", "finetune", seeds[0], "convergence",
-                    {**DEFAULT_OVERRIDES, "distill_epochs": 32, "seg_epochs": 2 * SEG_EPOCHS}))  # fmt: skip
+    for arm, doubled in CONVERGENCE_ARMS.items():  # the default arm with both stages', or one stage's, epochs doubled
+        runs.append(Run(arm, "finetune", seeds[0], "convergence", {**DEFAULT_OVERRIDES, **doubled}))
     order = {seed: i for i, seed in enumerate(seeds)}
     return sorted(runs, key=lambda run: order[run.seed])  # seed by seed: a stopped study has every arm's first seeds
 
