@@ -30,7 +30,7 @@ SEEDS = (0, 1, 2)
 
 def test_the_plan_before_and_after_the_probe_choices():
     runs = {r.name: r for r in plan_runs(SEEDS)}
-    assert len(runs) == 3 * (1 + 4 + 5) + 3 * (2 + 3 + 3) + 3  # probe arms, finetune arms, the three doubled runs
+    assert len(runs) == 3 * (1 + 4 + 5) + 3 * (2 + 3 + 3) + 4  # probe arms, finetune arms, the four longer runs
     assert runs["hed-probe-s1"].config_overrides() == {"freeze_encoder": True, "teachers": ["hed"]}
     assert runs["all4-fixed-phis-probe-s0"].overrides == {
         "teachers": list(ALL_TEACHERS), "balancing": "fixed", "standardize": "phi_s"}  # fmt: skip
@@ -275,10 +275,11 @@ def test_the_doubled_run_says_what_it_changed():
     for study in found["default-2x-finetune-s0"]["test"]["studies"].values():
         study["bolus"] += 0.05
     text = markdown(found)
-    assert ("- Doubling both stages' epochs (seed 0) changes the default arm's test mean Dice by +0.0040 (95% CI over "
+    assert ("- Doubling both stages' epochs (32 + 40), seed 0: test mean Dice +0.0040 (95% CI over "
             "studies [+0.0040, +0.0040]); the tasks whose mean it moved most: bolus +0.0540 [+0.0540, +0.0540]; hyoid "
             "+0.0040 [+0.0040, +0.0040]; c4 +0.0040") in text  # fmt: skip
     assert "the default budget is converged" in text and "- Doubling stage 2's epochs only (40): not done yet." in text
+    assert "twice the default budget" not in text  # the 4x run is not done
 
 
 def test_label_fractions_are_nested_and_seeded():

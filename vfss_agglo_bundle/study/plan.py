@@ -16,7 +16,7 @@ Arms (the teachers ``litemedsam``, ``hog``, ``hed`` and ``ct_clip_r152``; ``all4
   one task each), and label efficiency: ``scratch`` and ``all4`` on 1/8, 1/4 and 1/2 of the training studies at the
   same number of optimizer steps (epochs and validation interval scaled by 1 / fraction).
 
-Convergence (seed 0): the default arm with both stages' epochs doubled, and with each stage's alone.
+Convergence (seed 0): the default arm with both stages' epochs doubled, with each stage's alone, and quadrupled.
 
 A probe run and a finetune run with the same teachers, balancer, standardisation and seed share one stage 1.
 """
@@ -60,6 +60,7 @@ CONVERGENCE_ARMS: dict[str, dict[str, int]] = {
     "default-2x": {"distill_epochs": 2 * DISTILL_EPOCHS, "seg_epochs": 2 * SEG_EPOCHS},
     "default-distill2x": {"distill_epochs": 2 * DISTILL_EPOCHS},
     "default-seg2x": {"seg_epochs": 2 * SEG_EPOCHS},
+    "default-4x": {"distill_epochs": 4 * DISTILL_EPOCHS, "seg_epochs": 4 * SEG_EPOCHS},  # is twice the budget enough?
 }
 
 
@@ -152,7 +153,7 @@ def plan_runs(seeds: Sequence[int] = (0, 1, 2), choices: Choices = NO_CHOICES) -
         for fraction in FRACTIONS:
             add(f"all4-{choices.best_balancer}-f{fraction:g}", "finetune", "labels",
                 {**best, **_fraction_overrides(fraction)})  # fmt: skip
-    for arm, doubled in CONVERGENCE_ARMS.items():  # the default arm with both stages', or one stage's, epochs doubled
+    for arm, doubled in CONVERGENCE_ARMS.items():  # the default arm with more epochs in one or both stages
         runs.append(Run(arm, "finetune", seeds[0], "convergence", {**DEFAULT_OVERRIDES, **doubled}))
     order = {seed: i for i, seed in enumerate(seeds)}
     return sorted(runs, key=lambda run: order[run.seed])  # seed by seed: a stopped study has every arm's first seeds

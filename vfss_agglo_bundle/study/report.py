@@ -317,22 +317,25 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
     if default is not None:
         lines += [f"The default arm at seed {seeds[0]} is the default run itself (its config, seed and data): test "
                   f"mean Dice {default['test']['tasks']['mean']['dice']:.4f}.", ""]  # fmt: skip
-    doubled = {"default-2x": "both stages' epochs", "default-distill2x": "stage 1's epochs only (32)",
-               "default-seg2x": "stage 2's epochs only (40)"}  # fmt: skip
-    for arm, what in doubled.items():
-        c = compare(summaries, (arm, "finetune"), ("default", "finetune"))
+    doubled = {("default-2x", "default"): "both stages' epochs (32 + 40)",
+               ("default-distill2x", "default"): "stage 1's epochs only (32)",
+               ("default-seg2x", "default"): "stage 2's epochs only (40)",
+               ("default-4x", "default-2x"): "both stages' epochs again (64 + 80, against 32 + 40)"}  # fmt: skip
+    for (arm, base), what in doubled.items():
+        c = compare(summaries, (arm, "finetune"), (base, "finetune"))
         if c is None:
             lines.append(f"- Doubling {what}: not done yet.")
             continue
         by_task = [t for t in (compare(summaries, c["a"], c["b"], task) for task in tasks) if t is not None]
         largest = "; ".join(f"{t['task']} {t['mean']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}]"
                             for t in sorted(by_task, key=lambda t: -abs(t["mean"]))[:3])  # fmt: skip
-        lines.append(f"- Doubling {what} (seed {seeds[0]}) changes the default arm's test mean Dice by "
+        lines.append(f"- Doubling {what}, seed {seeds[0]}: test mean Dice "
                      f"{c['mean']:+.4f} (95% CI over studies [{c['low']:+.4f}, {c['high']:+.4f}]); the tasks whose "
                      f"mean it moved most: {largest}.")  # fmt: skip
-        if arm == "default-2x":
+        if arm in ("default-2x", "default-4x"):
             verdict = "converged" if abs(c["mean"]) < 0.01 else "**not converged**"
-            lines.append(f"  By the issue's test (a change under 0.01) the default budget is {verdict}.")
+            budget = "the default budget" if arm == "default-2x" else "twice the default budget"
+            lines.append(f"  By the issue's test (a change under 0.01) {budget} is {verdict}.")
     lines += ["", "Stage 2's validation mean Dice at its last check at or before 3/4 of its epochs and at its last",
               "check (the tested model is the best-validation checkpoint). The learning rate decays to 0 at the last",
               "epoch, so a rise here means an arm was still learning in its last quarter; probe differences then",
