@@ -39,6 +39,7 @@ __all__ = [
     "STUDY_BASE",
     "Choices",
     "Run",
+    "candidate_defaults",
     "choose",
     "plan_runs",
     "run_fingerprint",
@@ -157,6 +158,12 @@ def plan_runs(seeds: Sequence[int] = (0, 1, 2), choices: Choices = NO_CHOICES) -
         runs.append(Run(arm, "finetune", seeds[0], "convergence", {**DEFAULT_OVERRIDES, **doubled}))
     order = {seed: i for i, seed in enumerate(seeds)}
     return sorted(runs, key=lambda run: order[run.seed])  # seed by seed: a stopped study has every arm's first seeds
+
+
+def candidate_defaults(seeds: Sequence[int], choices: Choices) -> dict[str, dict[str, Any]]:
+    """Arm -> overrides of every candidate default planned now: the finetune arms of all tasks and labels."""
+    return {r.arm: r.config_overrides() for r in plan_runs(seeds, choices)
+            if r.protocol == "finetune" and r.group == "teachers" and r.seed == seeds[0]}  # fmt: skip
 
 
 def run_fingerprint(run: Run, common: Mapping[str, Any], device_type: str) -> str:

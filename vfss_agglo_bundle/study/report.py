@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vfss_agglo_bundle.study.plan import ALL_TEACHERS, FRACTIONS, SPECIALIST_TASKS, choose, plan_runs
+from vfss_agglo_bundle.study.plan import (
+    ALL_TEACHERS,
+    FRACTIONS,
+    SPECIALIST_TASKS,
+    candidate_defaults,
+    choose,
+    plan_runs,
+)
 from vfss_agglo_bundle.study.runner import load_summaries
 from vfss_agglo_bundle.study.timing import BAR_MINUTES
 from vfss_agglo_bundle.utils.io import DataFormatError, atomic_path, read_json, write_text
@@ -137,7 +144,7 @@ def _arm_table(summaries: Summaries, protocol: str) -> list[str]:
 
 
 def _last_quarter(curve: Mapping[str, float]) -> tuple[float, float]:
-    """Validation Dice at the last check at or before 3/4 of stage 2, and at its end."""
+    """Validation Dice at the last check at or before 3/4 of stage 2, and at its last check."""
     epochs = sorted(int(e) for e in curve)
     quarter = max((e for e in epochs if e <= 0.75 * epochs[-1]), default=epochs[0])
     return curve[str(quarter)], curve[str(epochs[-1])]
@@ -150,7 +157,7 @@ def _convergence_table(summaries: Summaries) -> list[str]:
         if s.get("validation_curve"):
             arms.setdefault((s["arm"], s["protocol"]), []).append(_last_quarter(s["validation_curve"]))
     rows = [
-        "| arm | protocol | seeds | validation Dice at 3/4 of stage 2 | at its end | change |",
+        "| arm | protocol | seeds | validation Dice by 3/4 of stage 2 | at its last check | change |",
         "|---|---|---|---|---|---|",
     ]
     for (arm, protocol), values in sorted(arms.items(), key=lambda item: (item[0][1], item[0][0])):
@@ -189,8 +196,7 @@ def default_pick(
 
     A timing counts only for the settings, seed and dataset it ran (``scripts/study.py time`` records them)."""
     choices = choose(summaries, seeds)
-    planned = {r.arm: r.overrides for r in plan_runs(seeds, choices) if r.protocol == "finetune" and r.seed == seeds[0]
-               and r.group == "teachers"}  # fmt: skip
+    planned = candidate_defaults(seeds, choices)
     timed = {a: timings[a]["wall_minutes"] for a, o in planned.items() if _usable(timings.get(a), o, seeds[0])}
     missing = [f"{a}-finetune-s{s}" for a in planned for s in seeds if f"{a}-finetune-s{s}" not in summaries]
     untimed = [a for a in planned if a not in timed]

@@ -20,22 +20,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from vfss_agglo_bundle.study.plan import STUDY_BASE, choose, plan_runs
+from vfss_agglo_bundle.study.plan import STUDY_BASE, candidate_defaults, choose
 from vfss_agglo_bundle.study.runner import load_summaries, override_words, package_versions, run_logged, summary_of
 from vfss_agglo_bundle.utils.io import read_json, write_json
 
-__all__ = ["BAR_MINUTES", "candidate_defaults", "time_default_run"]
+__all__ = ["BAR_MINUTES", "time_default_run"]
 
 logger = logging.getLogger(__name__)
 
 BAR_MINUTES = 20.0
-
-
-def candidate_defaults(summaries: str | os.PathLike, seeds: Sequence[int] = (0, 1, 2)) -> dict[str, dict[str, Any]]:
-    """Arm -> config overrides of every candidate default the study plans now (finetune, group ``teachers``)."""
-    finished = load_summaries(summaries)
-    return {r.arm: r.config_overrides() for r in plan_runs(seeds, choose(finished, seeds))
-            if r.protocol == "finetune" and r.group == "teachers" and r.seed == seeds[0]}  # fmt: skip
 
 
 def time_default_run(
@@ -51,7 +44,7 @@ def time_default_run(
     CPU minutes and test mean Dice under ``arm`` in ``out`` (other arms' entries kept); returns the entry. The folder
     is removed after a run that finished and kept, with its log, after one that failed. ``common``: overrides added
     to the arm's (none for the study's timings; a tiny dataset in tests), recorded in the entry."""
-    candidates = candidate_defaults(summaries, seeds)
+    candidates = candidate_defaults(seeds, choose(load_summaries(summaries), seeds))
     if arm not in candidates:
         raise ValueError(f"{arm!r} is not a candidate default the study plans now; candidates: {sorted(candidates)}.")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
