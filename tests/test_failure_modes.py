@@ -172,6 +172,11 @@ def val_interval_zero(root: Path) -> Action:
     return _training(root, val_interval=0)
 
 
+def lowres_epochs_negative(root: Path) -> Action:
+    _redo_stages(root, "segmentation")
+    return _training(root, lowres_epochs=-1)
+
+
 def divergence_factor_below_one(root: Path) -> Action:
     _redo_stages(root, "segmentation")
     return _training(root, divergence_factor=0.5)
@@ -332,6 +337,9 @@ CATALOGUE: dict[str, Case] = {
         r"datalist\.json holds a phantom dataset made with other settings \(image_size: made with 64, asked for 100\)",
     ),
     "validation interval 0": Case("configs", val_interval_zero, r"`val_interval` must be an integer >= 1 .*got 0"),
+    "low-resolution epochs < 0": Case(
+        "configs", lowres_epochs_negative, r"`lowres_epochs` must be an integer >= 0 .*got -1"
+    ),
     "divergence factor <= 1": Case("configs", divergence_factor_below_one, r"divergence_factor must be > 1"),
     "frame rate <= 0": Case("configs", fps_not_positive, r"fps must be > 0"),
     "teacher weights missing": Case("configs", teacher_weights_missing, r"teacher weights are missing under .*weights"),

@@ -13,6 +13,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {  # config key -> (val
     "distill_batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     "seg_batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     "divergence_patience": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "lowres_epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (stage-2 epochs at lowres_size)"),
+    "lowres_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (pixels)"),
 }
 
 
