@@ -73,7 +73,11 @@ CHANGES = {
         "weight_decay: 0.01 -> 0.05",
     ),
     "val_interval": ({"val_interval": 2}, "segmentation", "interval: 1 -> 2"),
-    "low-resolution epochs": ({"lowres_epochs": 1}, "segmentation", "epochs: 0 -> 1"),
+    "low-resolution epochs": (
+        {"lowres_epochs": 1},
+        "segmentation",
+        'prepare_batch: "monai.engines.utils.default_prepare_batch" -> {"class"',
+    ),
     "decoder_width": ({"decoder_width": 32}, "segmentation", "out_channels: 64 -> 32"),
     "balancing": ({"balancing": "fixed"}, "distillation", "balancer.class"),
     "standardize": ({"standardize": "zscore"}, "distillation", "standardizers.children.medsam: added"),

@@ -32,6 +32,8 @@ def test_wrong_shapes_and_settings_are_refused():
         LowResEpochs(size=0, epochs=1)
     with pytest.raises(ValueError, match=">= 0"):
         LowResEpochs(size=64, epochs=-1)
+    with pytest.raises(ValueError, match=r"lowres_size 16 is above the image size \(8, 8\).*below image_size"):
+        LowResEpochs(size=16, epochs=1)({"image": torch.zeros(1, 1, 8, 8), "label": torch.zeros(1, 2, 8, 8)})
 
 
 def _sizes_seen(prepare: LowResEpochs, max_epochs: int, start_epoch: int = 0) -> dict[int, tuple[int, int]]:

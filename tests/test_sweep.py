@@ -52,7 +52,9 @@ def test_a_study_run_reads_as_a_variant():
     assert run["test"]["mean"]["dice"] == study_run["test"]["tasks"]["mean"]["dice"]
     assert [e for e, _ in run["val_curve"]] == list(range(2, 21, 2))
     assert run["best_val"] == max(study_run["validation_curve"].values())
-    assert len(run["studies"]) == 12 and run["overrides"] == {}
+    assert len(run["studies"]) == 12 and run["overrides"] == {}  # the default's teachers and balancer go unsaid
+    hed = from_study_run({**study_run, "overrides": {"teachers": ["hed"], "balancing": "attention", "seg_epochs": 40}})
+    assert hed["overrides"] == {"teachers": ["hed"], "seg_epochs": 40}
     assert paired_difference(run, run) == (0.0, 0.0, 0.0)
 
 
@@ -61,8 +63,27 @@ def test_a_variant_needs_the_base_runs_stage_1_and_a_finished_one_is_only_copied
         run_variant(tmp_path / "base", tmp_path / "sweep", "v", {})
     finished = _variant("v", [0.8] * 4)
     write_json(tmp_path / "sweep/v/sweep_run.json", finished)
-    assert run_variant(tmp_path / "base", tmp_path / "sweep", "v", {}, summaries=tmp_path / "kept") == finished
+    lr = {"seg_lr": 0.008}
+    assert run_variant(tmp_path / "base", tmp_path / "sweep", "v", lr, summaries=tmp_path / "kept") == finished
     assert read_json(tmp_path / "kept/v.json") == finished
+    assert run_variant(tmp_path / "base", tmp_path / "sweep", "v", lr, summaries=tmp_path / "kept") == finished
+    with pytest.raises(ValueError, match=r"sweep_run.json is variant 'v' with overrides \{'seg_lr': 0.008\}, not \{\}"):
+        run_variant(tmp_path / "base", tmp_path / "sweep", "v", {})
+    write_json(tmp_path / "kept/v.json", _variant("v", [0.7] * 4), overwrite=True)  # another run of that name
+    with pytest.raises(FileExistsError, match="kept/v.json holds another run named 'v'.*not overwritten"):
+        run_variant(tmp_path / "base", tmp_path / "sweep", "v", lr, summaries=tmp_path / "kept")
+    assert read_json(tmp_path / "kept/v.json")["test"]["mean"]["dice"] == pytest.approx(0.7)
+
+
+def test_a_variant_finished_before_per_study_dice_were_kept_gets_them_from_its_report(tmp_path):
+    older = {k: v for k, v in _variant("v", [0.8] * 4).items() if k != "studies"}
+    write_json(tmp_path / "sweep/v/sweep_run.json", older)
+    study = {"bolus": {"dice": 0.9, "iou": 0.8}, "hyoid": {"dice": 0.5, "iou": 0.4}}
+    report = {"num_frames": 24, "rows": [{"task": "mean", "dice": 0.7, "dice_present": 0.7, "fp_rate": None}],
+              "studies": {"s07": study}}  # fmt: skip
+    write_json(tmp_path / "sweep/v/eval/report.json", report)
+    summary = run_variant(tmp_path / "base", tmp_path / "sweep", "v", {"seg_lr": 0.008})
+    assert summary["studies"] == {"s07": {"bolus": 0.9, "hyoid": 0.5}}
 
 
 def test_the_report_script_writes_the_table_and_curves(tmp_path):

@@ -14,6 +14,7 @@ Dice over the test studies, with its 95% bootstrap interval (one seed: studies a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vfss_agglo_bundle.study.plan import DEFAULT_OVERRIDES
 from vfss_agglo_bundle.study.report import bootstrap_difference
 from vfss_agglo_bundle.study.runner import override_words, run_logged, summary_of
-from vfss_agglo_bundle.utils.io import read_json, write_json, write_text
+from vfss_agglo_bundle.utils.io import atomic_path, read_json, write_json, write_text
 
 __all__ = [
     "from_study_run",
@@ -61,12 +63,19 @@ def run_variant(
 ) -> dict[str, Any]:
     """Run (or read back) one stage-2 variant of the finished run in bundle folder ``base``; returns its summary:
     ``overrides``, ``val_curve`` [(epoch, val mean Dice)], ``best_val``, ``test`` (task or ``mean`` -> its row of
-    ``eval/report.json``), ``studies`` (test study -> task -> Dice), ``stage2_seconds`` (wall time of the run,
-    stage 1 skipped) and ``threads``; also written to ``<summaries>/<name>.json`` when ``summaries`` is given."""
+    ``eval/report.json``), ``studies`` (test study -> task -> Dice), ``stage1_fingerprint`` (the distilled encoder
+    it started from), ``stage2_seconds`` (wall time of the run, stage 1 skipped) and ``threads``; also written to
+    ``<summaries>/<name>.json`` when ``summaries`` is given."""
     base, root = Path(base), Path(out_dir) / name
     done = root / "sweep_run.json"
     if done.exists():
         summary = read_json(done)
+        if summary["overrides"] != dict(overrides):
+            raise ValueError(f"{done} is variant {name!r} with overrides {summary['overrides']}, not "
+                             f"{dict(overrides)}: give this variant another --name, or move that folder away to run "
+                             "it again.")  # fmt: skip
+        if "studies" not in summary:  # written before the sweep kept per-study Dice
+            summary["studies"] = summary_of(read_json(root / "eval/report.json"))["studies"]
         _keep(summary, summaries)
         return summary
     missing = [n for n in STAGE1_OUTPUTS if not (base / "models" / n).exists()]
@@ -89,6 +98,7 @@ def run_variant(
         "best_val": max((v for _, v in curve), default=None),
         "test": {row["task"]: row for row in report["rows"]},
         "studies": summary_of(report)["studies"],
+        "stage1_fingerprint": read_json(root / "models" / "distillation.done.json")["fingerprint"],
         "stage2_seconds": time.time() - started,
         "threads": threads,
     }
@@ -98,8 +108,16 @@ def run_variant(
 
 
 def _keep(summary: Mapping[str, Any], summaries: str | os.PathLike | None) -> None:
-    if summaries is not None:
-        write_json(Path(summaries) / f"{summary['name']}.json", summary, overwrite=True)
+    """Copy ``summary`` to ``<summaries>/<name>.json``; one already there must be the same summary."""
+    if summaries is None:
+        return
+    path = Path(summaries) / f"{summary['name']}.json"
+    if path.exists():
+        if read_json(path) != json.loads(json.dumps(summary)):
+            raise FileExistsError(f"{path} holds another run named {summary['name']!r}: move it away or rename the "
+                                  "variant; it is not overwritten.")  # fmt: skip
+        return
+    write_json(path, summary)
 
 
 def from_study_run(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,7 +126,7 @@ def from_study_run(run: Mapping[str, Any]) -> dict[str, Any]:
     curve = sorted((int(epoch), float(value)) for epoch, value in run["validation_curve"].items())
     return {
         "name": run["run"],
-        "overrides": {k: v for k, v in run["overrides"].items() if k not in ("teachers", "balancing")},
+        "overrides": {k: v for k, v in run["overrides"].items() if DEFAULT_OVERRIDES.get(k, object()) != v},
         "val_curve": curve,
         "best_val": max((v for _, v in curve), default=None),
         "test": dict(run["test"]["tasks"]),
@@ -165,8 +183,8 @@ def write_sweep_plot(runs: Sequence[Mapping[str, Any]], path: str | os.PathLike)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=".png", overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, metadata={"Software": None})
     plt.close(fig)
 
 

@@ -48,6 +48,7 @@ class LowResEpochs:
         self._low = self.epochs > 0
 
     def attach(self, engine: Engine) -> None:
+        """Follow ``engine``'s epoch (at each epoch's start)."""
         engine.add_event_handler(Events.EPOCH_STARTED, self._follow)
 
     def _follow(self, engine: Engine) -> None:
@@ -63,5 +64,8 @@ class LowResEpochs:
         """``(image [B, 1, s, s], label [B, T, s, s])`` on ``device``; ``s`` is ``size`` in the first epochs."""
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         if self._low and image.shape[-2:] != (self.size, self.size):
+            if min(image.shape[-2:]) < self.size:
+                raise ValueError(f"lowres_size {self.size} is above the image size {tuple(image.shape[-2:])}: the "
+                                 "first epochs would be upsampled; set lowres_size below image_size.")  # fmt: skip
             image, label = downsample_pair(image, label, self.size)
         return image, label
