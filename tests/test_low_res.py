@@ -56,3 +56,27 @@ def test_the_first_epochs_run_at_the_low_size_and_a_resumed_run_follows_its_epoc
     assert _sizes_seen(LowResEpochs(size=4, epochs=2), 4) == {1: (4, 4), 2: (4, 4), 3: (8, 8), 4: (8, 8)}
     assert _sizes_seen(LowResEpochs(size=4, epochs=2), 4, start_epoch=1) == {2: (4, 4), 3: (8, 8), 4: (8, 8)}
     assert _sizes_seen(LowResEpochs(size=4, epochs=0), 2) == {1: (8, 8), 2: (8, 8)}
+
+
+@pytest.mark.parametrize("epochs", [0, 3])
+def test_train_yaml_hands_the_trainer_low_res_batches_only_when_asked(epochs):
+    """0: MONAI's own prepare_batch and no handler (every earlier stage-2 fingerprint stays); > 0: one object, both
+    the trainer's prepare_batch and one of its handlers."""
+    from conftest import ROOT
+    from monai.bundle import ConfigParser
+    from monai.engines import default_prepare_batch
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "configs" / "train.yaml")
+    parser["lowres_epochs"] = epochs
+    prepare, handlers = (
+        parser.get_parsed_content("train#prepare_batch"),
+        parser.get_parsed_content("train#low_res_handlers"),
+    )
+    assert "@train::low_res_handlers" in parser["train"]["trainer"]["train_handlers"]  # the parser writes # as ::
+    assert parser["train"]["trainer"]["prepare_batch"] == "@train::prepare_batch"
+    if epochs:
+        assert isinstance(prepare, LowResEpochs) and handlers == [prepare]
+        assert (prepare.size, prepare.epochs) == (128, 3)
+    else:
+        assert prepare is default_prepare_batch and handlers == []
