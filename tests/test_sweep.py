@@ -46,13 +46,13 @@ def test_the_table_names_the_reference_difference_small_structures_and_time():
 
 
 def test_a_study_run_reads_as_a_variant():
-    study_run = read_json(ROOT / "docs/study/runs/default-finetune-s0.json")
+    study_run = read_json(ROOT / "docs/study/runs/default-e16-20-finetune-s0.json")  # the default run
     run = from_study_run(study_run)
-    assert run["name"] == "default-finetune-s0" and run["stage2_seconds"] is None
+    assert run["name"] == "default-e16-20-finetune-s0" and run["stage2_seconds"] is None
     assert run["test"]["mean"]["dice"] == study_run["test"]["tasks"]["mean"]["dice"]
     assert [e for e, _ in run["val_curve"]] == list(range(2, 21, 2))
     assert run["best_val"] == max(study_run["validation_curve"].values())
-    assert len(run["studies"]) == 12 and run["overrides"] == {}  # the default's teachers and balancer go unsaid
+    assert len(run["studies"]) == 12 and run["overrides"] == {}  # the default's teachers, balancer, epochs go unsaid
     hed = from_study_run({**study_run, "overrides": {"teachers": ["hed"], "balancing": "attention", "seg_epochs": 40}})
     assert hed["overrides"] == {"teachers": ["hed"], "seg_epochs": 40}
     assert paired_difference(run, run) == (0.0, 0.0, 0.0)
@@ -87,7 +87,7 @@ def test_a_variant_finished_before_per_study_dice_were_kept_gets_them_from_its_r
 
 
 def test_the_report_script_writes_the_table_and_curves(tmp_path):
-    reference = ROOT / "docs/study/runs/default-finetune-s0.json"
+    reference = ROOT / "docs/study/runs/default-e16-20-finetune-s0.json"
     better = {
         study: {"mean": values["mean"] + 0.01} for study, values in read_json(reference)["test"]["studies"].items()
     }
@@ -97,7 +97,7 @@ def test_the_report_script_writes_the_table_and_curves(tmp_path):
            "--study_runs", f"[{str(reference)!r}]"]  # fmt: skip
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     table = out.with_suffix(".md").read_text().splitlines()
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["default-finetune-s0", "lr8e-3"]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["default-e16-20-finetune-s0", "lr8e-3"]
     assert table[3].split("|")[5].strip() == "+0.0100 [+0.0100, +0.0100]"
     assert out.with_suffix(".png").stat().st_size > 10_000
     empty = subprocess.run([sys.executable, "scripts/sweep.py", "report", "--runs", str(tmp_path / "none")], cwd=ROOT,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vfss_agglo_bundle.study.plan import DEFAULT_OVERRIDES
+from vfss_agglo_bundle.study.plan import CONVERGENCE_ARMS, DEFAULT_OVERRIDES, DEFAULT_RUN_ARM
 from vfss_agglo_bundle.study.report import bootstrap_difference
 from vfss_agglo_bundle.study.runner import override_words, run_logged, summary_of
 from vfss_agglo_bundle.utils.io import atomic_path, read_json, write_json, write_text
@@ -39,6 +39,7 @@ __all__ = [
     "write_sweep_report",
 ]
 
+DEFAULT_RUN = {**DEFAULT_OVERRIDES, **CONVERGENCE_ARMS[DEFAULT_RUN_ARM]}  # the default run's settings, said or not
 STAGE1_OUTPUTS = ("student_encoder.pt", "distillation.done.json")
 
 
@@ -122,11 +123,12 @@ def _keep(summary: Mapping[str, Any], summaries: str | os.PathLike | None) -> No
 
 def from_study_run(run: Mapping[str, Any]) -> dict[str, Any]:
     """A study run's summary (``docs/study/runs/<run>.json``) in a sweep variant's shape, for the report: its
-    overrides, validation curve, test rows and per-study Dice (``stage2_seconds`` None: the study times whole runs)."""
+    overrides (those that differ from the default run's), validation curve, test rows and per-study Dice
+    (``stage2_seconds`` None: the study times whole runs)."""
     curve = sorted((int(epoch), float(value)) for epoch, value in run["validation_curve"].items())
     return {
         "name": run["run"],
-        "overrides": {k: v for k, v in run["overrides"].items() if DEFAULT_OVERRIDES.get(k, object()) != v},
+        "overrides": {k: v for k, v in run["overrides"].items() if DEFAULT_RUN.get(k, object()) != v},
         "val_curve": curve,
         "best_val": max((v for _, v in curve), default=None),
         "test": dict(run["test"]["tasks"]),

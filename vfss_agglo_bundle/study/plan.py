@@ -16,7 +16,11 @@ Arms (the teachers ``litemedsam``, ``hog``, ``hed`` and ``ct_clip_r152``; ``all4
   one task each), and label efficiency: ``scratch`` and ``all4`` on 1/8, 1/4 and 1/2 of the training studies at the
   same number of optimizer steps (epochs and validation interval scaled by 1 / fraction).
 
-Convergence (seed 0): the default arm with both stages' epochs doubled, with each stage's alone, and quadrupled.
+Budget: every run trains ``STUDY_EPOCHS`` (32 distillation and 40 segmentation epochs), twice the default run's
+(16 + 20, configs/train.yaml): the default run's budget is not converged (doubling it gained 0.034 test mean Dice),
+and on 2 CPU cores twice it is what the study can afford (four times gained 0.019 more: see docs/study.md).
+Convergence (seed 0), the default arm named by its epochs: ``default-e16-20`` is the default run itself,
+``default-e32-20`` and ``default-e16-40`` halve one stage, ``default-e64-80`` doubles both.
 
 A probe run and a finetune run with the same teachers, balancer, standardisation and seed share one stage 1.
 """
@@ -33,10 +37,13 @@ __all__ = [
     "ALL_TEACHERS",
     "CONVERGENCE_ARMS",
     "DEFAULT_OVERRIDES",
+    "DEFAULT_RUN_ARM",
+    "DOUBLED_ARM",
     "FRACTIONS",
     "PROTOCOLS",
     "SPECIALIST_TASKS",
     "STUDY_BASE",
+    "STUDY_EPOCHS",
     "Choices",
     "Run",
     "candidate_defaults",
@@ -54,14 +61,19 @@ PROTOCOLS: dict[str, dict[str, Any]] = {"probe": {"freeze_encoder": True}, "fine
 STUDY_BASE: dict[str, Any] = {"balancing": "attention", "standardize": "none"}
 SPECIALIST_TASKS: tuple[str, ...] = ("bolus", "hyoid", "c4")
 FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5)
-SEG_EPOCHS, VAL_INTERVAL = 20, 2  # the default run's stage 2 (configs/train.yaml), scaled for label fractions
 FORMAT = "vfss-agglo study run 1"
-DISTILL_EPOCHS = 16  # the default run's stage 1 (configs/train.yaml)
-CONVERGENCE_ARMS: dict[str, dict[str, int]] = {
-    "default-2x": {"distill_epochs": 2 * DISTILL_EPOCHS, "seg_epochs": 2 * SEG_EPOCHS},
-    "default-distill2x": {"distill_epochs": 2 * DISTILL_EPOCHS},
-    "default-seg2x": {"seg_epochs": 2 * SEG_EPOCHS},
-    "default-4x": {"distill_epochs": 4 * DISTILL_EPOCHS, "seg_epochs": 4 * SEG_EPOCHS},  # is twice the budget enough?
+DISTILL_EPOCHS, SEG_EPOCHS = 16, 20  # the default run's (configs/train.yaml)
+STUDY_EPOCHS: dict[str, int] = {"distill_epochs": 2 * DISTILL_EPOCHS, "seg_epochs": 2 * SEG_EPOCHS}  # every run's
+VAL_INTERVAL = 2  # stage 2's (configs/train.yaml), scaled with the epochs for label fractions
+
+
+DEFAULT_RUN_ARM = "default-e16-20"  # the default arm at the default run's budget: the default run itself
+DOUBLED_ARM = "default-e64-80"  # the default arm at twice the study's budget: is the study's budget converged?
+CONVERGENCE_ARMS: dict[str, dict[str, int]] = {  # the default arm, named by its epochs (stage 1, stage 2)
+    DEFAULT_RUN_ARM: {"distill_epochs": 16, "seg_epochs": 20},
+    "default-e32-20": {"distill_epochs": 32, "seg_epochs": 20},  # one stage doubled from the default run's
+    "default-e16-40": {"distill_epochs": 16, "seg_epochs": 40},
+    DOUBLED_ARM: {"distill_epochs": 64, "seg_epochs": 80},
 }
 
 
@@ -115,7 +127,8 @@ def _all4(balancer: str) -> dict[str, Any]:
 
 def _fraction_overrides(fraction: float) -> dict[str, Any]:
     scale = round(1 / fraction)
-    return {"labelled_fraction": fraction, "seg_epochs": SEG_EPOCHS * scale, "val_interval": VAL_INTERVAL * scale}
+    seg_epochs = STUDY_EPOCHS["seg_epochs"] * scale
+    return {"labelled_fraction": fraction, "seg_epochs": seg_epochs, "val_interval": VAL_INTERVAL * scale}
 
 
 NO_CHOICES = Choices()
@@ -127,7 +140,7 @@ def plan_runs(seeds: Sequence[int] = (0, 1, 2), choices: Choices = NO_CHOICES) -
     runs: list[Run] = []
 
     def add(arm: str, protocol: str, group: str, overrides: Mapping[str, Any]) -> None:
-        runs.extend(Run(arm, protocol, seed, group, dict(overrides)) for seed in seeds)
+        runs.extend(Run(arm, protocol, seed, group, {**STUDY_EPOCHS, **overrides}) for seed in seeds)
 
     add("scratch", "probe", "teachers", {"teachers": []})
     for teacher in ALL_TEACHERS:
@@ -154,15 +167,17 @@ def plan_runs(seeds: Sequence[int] = (0, 1, 2), choices: Choices = NO_CHOICES) -
         for fraction in FRACTIONS:
             add(f"all4-{choices.best_balancer}-f{fraction:g}", "finetune", "labels",
                 {**best, **_fraction_overrides(fraction)})  # fmt: skip
-    for arm, doubled in CONVERGENCE_ARMS.items():  # the default arm with more epochs in one or both stages
-        runs.append(Run(arm, "finetune", seeds[0], "convergence", {**DEFAULT_OVERRIDES, **doubled}))
+    for arm, epochs in CONVERGENCE_ARMS.items():  # the default arm with other epochs in one or both stages
+        runs.append(Run(arm, "finetune", seeds[0], "convergence", {**DEFAULT_OVERRIDES, **epochs}))
     order = {seed: i for i, seed in enumerate(seeds)}
     return sorted(runs, key=lambda run: order[run.seed])  # seed by seed: a stopped study has every arm's first seeds
 
 
 def candidate_defaults(seeds: Sequence[int], choices: Choices) -> dict[str, dict[str, Any]]:
-    """Arm -> overrides of every candidate default planned now: the finetune arms of all tasks and labels."""
-    return {r.arm: r.config_overrides() for r in plan_runs(seeds, choices)
+    """Arm -> overrides of every candidate default planned now (the finetune arms of all tasks and labels), at the
+    default run's budget (configs/train.yaml's epochs, not the study's): what its whole default run is timed with."""
+    return {r.arm: {k: v for k, v in r.config_overrides().items() if k not in STUDY_EPOCHS}
+            for r in plan_runs(seeds, choices)
             if r.protocol == "finetune" and r.group == "teachers" and r.seed == seeds[0]}  # fmt: skip
 
 

@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 from vfss_agglo_bundle.study.plan import (
     ALL_TEACHERS,
+    CONVERGENCE_ARMS,
+    DEFAULT_RUN_ARM,
+    DISTILL_EPOCHS,
+    DOUBLED_ARM,
     FRACTIONS,
+    SEG_EPOCHS,
     SPECIALIST_TASKS,
+    STUDY_EPOCHS,
     candidate_defaults,
     choose,
     plan_runs,
@@ -247,16 +253,20 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
     cpu_runs = [s for s in summaries.values() if s["device"] == "cpu"]
     devices = sorted({s["device"] for s in summaries.values()})
     versions = sorted({s["versions"]["vfss_agglo_bundle"] for s in summaries.values()})
+    study_budget = f"{STUDY_EPOCHS['distill_epochs']} + {STUDY_EPOCHS['seg_epochs']}"
     lines = [
         "# Study: does agglomerating teachers help, at convergence (phantom v2)",
         "",
         "Rebuilt by `python scripts/study.py report` from the run summaries in `docs/study/runs/` alone. Each run is",
-        "a full `training` run of the bundle (default budget: 16 distillation and 20 segmentation epochs, 100 phantom",
-        "v2 studies: 80 training, 8 validation, 12 test of 24 frames), seeds 0-2, one dataset (`data_seed` 0).",
+        f"a full `training` run of the bundle at the study's budget ({study_budget} epochs, twice the default run's",
+        f'{DISTILL_EPOCHS} + {SEG_EPOCHS}, which is not converged: see "Converged?"), 100 phantom v2 studies (80',
+        "training, 8 validation, 12 test of 24 frames), seeds 0-2, one dataset (`data_seed` 0).",
         "Protocols: **probe** = the distilled encoder frozen (batch norm too), only the decoder trained;",
         "**finetune** = stage 2 as the default run does it. Choices (best single teacher, best balancer, PHI-S) are",
         "made on probe validation Dice, never on test. Paired differences: same seed, same test study; 95%",
-        f"percentile bootstrap over seeds and studies ({RESAMPLES} resamples).",
+        f"percentile bootstrap over seeds and studies ({RESAMPLES} resamples). The runs of the plan before it",
+        "moved to the study's budget (default run's budget, seed 0) are kept as a record in",
+        "`docs/study/default_budget_runs/`.",
         "",
         f"Runs done: {len(summaries)} of {len(planned)} planned now; device(s): {', '.join(devices) or '-'}; "
         f"CPU time of the CPU runs: {sum(s['cpu_minutes'] for s in cpu_runs) / 60:.1f} h; bundle version(s): "
@@ -265,6 +275,9 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
         f"teachers {choices.best_balancer}.",
         "",
     ]
+    renamed = [f"{name} (as {s['renamed_from']})" for name, s in sorted(summaries.items()) if s.get("renamed_from")]
+    if renamed:
+        lines += [f"Run under an earlier name, with the same settings: {', '.join(renamed)}.", ""]
     if missing:
         lines += [f"Still to run ({len(missing)}): " + ", ".join(missing) + ".", ""]
     for protocol in ("probe", "finetune"):
@@ -314,40 +327,54 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
     pick, rows, why = default_pick(summaries, timings or {}, seeds)
     lines += ["", "## 7. The default teacher set and balancer the study picks", "",
               f"Rule: among the candidate defaults (finetune, all tasks, every label), the highest test mean Dice "
-              f"whose whole default run (fresh phantom, fresh teacher store, both stages and the test report, seed "
-              f"{seeds[0]}, `scripts/study.py time`, nothing else running) takes at most {BAR_MINUTES:g} min on 2 CPU "
+              f"whose whole default run (the configs' epochs, fresh phantom, fresh teacher store, both stages and the "
+              f"test report, seed {seeds[0]}, `scripts/study.py time`, nothing else running) takes at most "
+              f"{BAR_MINUTES:g} min on 2 CPU "
               f"cores; an arm whose paired CI against it includes 0 ties with it, and ties go to the faster run.",
               "", *rows, "", f"Pick: **{pick or 'not yet'}** ({why})."]  # fmt: skip
     lines += ["", "## Converged?", ""]
-    default = _runs(summaries, "default", "finetune").get(seeds[0])
+    default = _runs(summaries, DEFAULT_RUN_ARM, "finetune").get(seeds[0])
     if default is not None:
-        lines += [f"The default arm at seed {seeds[0]} is the default run itself (its config, seed and data): test "
-                  f"mean Dice {default['test']['tasks']['mean']['dice']:.4f}.", ""]  # fmt: skip
-    doubled = {("default-2x", "default"): "both stages' epochs (32 + 40)",
-               ("default-distill2x", "default"): "stage 1's epochs only (32)",
-               ("default-seg2x", "default"): "stage 2's epochs only (40)",
-               ("default-4x", "default-2x"): "both stages' epochs again (64 + 80, against 32 + 40)"}  # fmt: skip
-    for (arm, base), what in doubled.items():
+        lines += [f"The default run itself (its config, {DISTILL_EPOCHS} + {SEG_EPOCHS} epochs, seed and data) is the "
+                  f"arm {DEFAULT_RUN_ARM} at seed {seeds[0]}: test mean Dice "
+                  f"{default['test']['tasks']['mean']['dice']:.4f}. The study's default arm is the same at "
+                  f"{study_budget} epochs.", ""]  # fmt: skip
+    for arm, base, what, budget in _doublings():
         c = compare(summaries, (arm, "finetune"), (base, "finetune"))
         if c is None:
-            lines.append(f"- Doubling {what}: not done yet.")
+            lines.append(f"- {what}: not done yet.")
             continue
         by_task = [t for t in (compare(summaries, c["a"], c["b"], task) for task in tasks) if t is not None]
         largest = "; ".join(f"{t['task']} {t['mean']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}]"
                             for t in sorted(by_task, key=lambda t: -abs(t["mean"]))[:3])  # fmt: skip
-        lines.append(f"- Doubling {what}, seed {seeds[0]}: test mean Dice "
-                     f"{c['mean']:+.4f} (95% CI over studies [{c['low']:+.4f}, {c['high']:+.4f}]); the tasks whose "
-                     f"mean it moved most: {largest}.")  # fmt: skip
-        if arm in ("default-2x", "default-4x"):
+        lines.append(f"- {what}, seed {seeds[0]}: test mean Dice {c['mean']:+.4f} (95% CI over studies "
+                     f"[{c['low']:+.4f}, {c['high']:+.4f}]); the tasks whose mean it moved most: "
+                     f"{largest}.")  # fmt: skip
+        if budget:
             verdict = "converged" if abs(c["mean"]) < 0.01 else "**not converged**"
-            budget = "the default budget" if arm == "default-2x" else "twice the default budget"
             lines.append(f"  By the issue's test (a change under 0.01) {budget} is {verdict}.")
     lines += ["", "Stage 2's validation mean Dice at its last check at or before 3/4 of its epochs and at its last",
               "check (the tested model is the best-validation checkpoint). The learning rate decays to 0 at the last",
               "epoch, so a rise here means an arm was still learning in its last quarter; probe differences then",
-              "compare encoders at the default budget, not at each probe's own convergence:", "",
+              "compare encoders at the study's budget, not at each probe's own convergence:", "",
               *_convergence_table(summaries)]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _doublings() -> list[tuple[str, str, str, str]]:
+    """``(arm, base, what, budget judged or "")``: each convergence arm against the one with half its epochs."""
+
+    def budget(epochs: Mapping[str, int]) -> str:
+        return f"{epochs['distill_epochs']} + {epochs['seg_epochs']}"
+
+    run, study, doubled = budget(CONVERGENCE_ARMS[DEFAULT_RUN_ARM]), budget(STUDY_EPOCHS), DOUBLED_ARM
+    rows = [("default", DEFAULT_RUN_ARM, f"Doubling both stages' epochs ({run} to {study})",
+             "the default run's budget")]  # fmt: skip
+    rows += [(arm, DEFAULT_RUN_ARM, f"Doubling one stage's epochs ({run} to {budget(epochs)})", "")
+             for arm, epochs in CONVERGENCE_ARMS.items() if arm not in (DEFAULT_RUN_ARM, DOUBLED_ARM)]  # fmt: skip
+    rows.append((doubled, "default", f"Doubling both again ({study} to {budget(CONVERGENCE_ARMS[doubled])})",
+                 "the study's budget"))  # fmt: skip
+    return rows
 
 
 def _plot(summaries: Summaries, path: Path, seeds: Sequence[int] = (0, 1, 2)) -> None:

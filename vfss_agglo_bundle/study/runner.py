@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vfss_agglo_bundle.study.plan import STUDY_BASE, Run, choose, plan_runs, run_fingerprint
-from vfss_agglo_bundle.utils.io import keep_previous, read_json, write_json
+from vfss_agglo_bundle.utils.io import read_json, write_json
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -122,6 +122,21 @@ def _find_stage1(work_dir: Path, key: str, seed: int) -> Path | None:
     return None
 
 
+def _earlier_cpu(root: Path, fingerprint: str) -> float:
+    """CPU seconds of earlier, stopped attempts of this run in ``root``. A folder left by an attempt with other
+    settings (its stages would refuse to resume) is moved whole to ``<work_dir>/set_aside/<run>.<time>``."""
+    ledger = root / CPU_FILE
+    found = read_json(ledger) if ledger.is_file() else {}
+    if found.get("fingerprint") == fingerprint:
+        return float(found["seconds"])
+    if found:
+        aside = root.parents[1] / "set_aside" / f"{root.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(root, aside)
+        logger.info("study: %s held an attempt with other settings; moved to %s", root, aside)
+    return 0.0
+
+
 def package_versions() -> dict[str, str]:
     import monai
     import torch
@@ -151,7 +166,8 @@ def run_one(
         run: the run.
         work_dir: where the runs, the shared dataset and the teacher store live.
         summaries: the folder of the committed summaries (``docs/study/runs``).
-        common: overrides given to every run (part of every fingerprint).
+        common: overrides given to every run, over the run's own (part of every fingerprint; empty for the study,
+            a tiny dataset and budget in tests).
         device: ``cpu`` or ``cuda:<k>`` (AMP on CUDA); its type is part of the fingerprint.
         threads: torch threads of the run.
     """
@@ -165,6 +181,7 @@ def run_one(
             return found
         logger.info("study: %s has a summary of other settings; running it again", run.name)
     root = work_dir / "runs" / run.name
+    cpu = _earlier_cpu(root, fingerprint)
     (root / "models").mkdir(parents=True, exist_ok=True)
     source = _find_stage1(work_dir, run.stage1_key, run.seed) if run.stage1_key else None
     if source is not None and source != root / "models":
@@ -173,17 +190,12 @@ def run_one(
     write_json(root / MARKER, {"stage1_key": run.stage1_key, "seed": run.seed}, overwrite=True)
     words = ["--bundle_root", str(root), "--dataset_dir", str(work_dir / "data"), "--cache_dir",
              str(work_dir / "cache"), "--device", device, *(["--amp", "True"] if device_type == "cuda" else []),
-             "--seed", str(run.seed), *override_words({**STUDY_BASE, **common, **run.config_overrides()})]  # fmt: skip
+             "--seed", str(run.seed), *override_words({**STUDY_BASE, **run.config_overrides(), **common})]  # fmt: skip
     base = [sys.executable, "-m", "monai.bundle", "run"]
     started = time.time()
     stage1 = "none" if not run.stage1_key else "shared" if source is not None else "computed here"
     logger.info("study: %s (stage 1: %s)", run.name, stage1)
     ledger = root / CPU_FILE
-    found = read_json(ledger) if ledger.is_file() else {}
-    cpu = float(found["seconds"]) if found.get("fingerprint") == fingerprint else 0.0  # earlier, stopped attempts
-    if found and found.get("fingerprint") != fingerprint:  # an attempt with other settings: its logs set aside
-        for log in ("training.log", "evaluating.log"):
-            keep_previous(root / log)
 
     def record(seconds: float) -> None:
         write_json(ledger, {"fingerprint": fingerprint, "seconds": round(cpu + seconds, 1)}, overwrite=True)

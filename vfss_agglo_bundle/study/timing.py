@@ -50,7 +50,7 @@ def time_default_run(
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"{arm}-", dir=work_dir)).resolve()
     words = ["--bundle_root", str(root), "--dataset_dir", str(root / "data"), "--cache_dir", str(root / "cache"),
-             "--seed", str(seeds[0]), *override_words({**STUDY_BASE, **(common or {}), **candidates[arm]})]  # fmt: skip
+             "--seed", str(seeds[0]), *override_words({**STUDY_BASE, **candidates[arm], **(common or {})})]  # fmt: skip
     load = os.getloadavg()[0]
     logger.info("timing the whole default run of %s in %s (load average %.2f)", arm, root, load)
     started = time.monotonic()
