@@ -1,5 +1,6 @@
-"""The study at convergence: scratch, each teacher, four teachers, the balancers and PHI-S, specialists and label
-efficiency, each under the frozen-encoder probe and/or fine-tuning, 3 seeds; resumable across days and machines.
+"""The study, at twice the default run's epochs: scratch, each teacher, four teachers, the balancers and PHI-S,
+specialists and label efficiency, each under the frozen-encoder probe and/or fine-tuning, 3 seeds; resumable across
+days and machines.
 
     python scripts/study.py run                          # every run still missing, in plan order (resumable)
     python scripts/study.py run --max_runs 4             # at most 4 runs now

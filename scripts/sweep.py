@@ -4,7 +4,7 @@ are reused).
     python scripts/sweep.py run --base . --out_dir eval/sweep --name lr8e-3 --overrides "{'seg_lr': 0.008}" \
         --summaries docs/budget_sweep/runs
     python scripts/sweep.py report --runs docs/budget_sweep/runs --out docs/budget_sweep \
-        --study_runs "['docs/study/runs/default-finetune-s0.json']"
+        --study_runs "['docs/study/runs/default-e16-20-finetune-s0.json']"
 
 `run` trains one variant in <out_dir>/<name>/ (skipped when its sweep_run.json exists) and copies its summary to
 <summaries>/<name>.json; `report` writes <out>.md (a table of every variant, and of the study runs named, the first

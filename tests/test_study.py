@@ -25,6 +25,7 @@ from vfss_agglo_bundle.study.report import (
     write_report,
 )
 from vfss_agglo_bundle.utils.io import DataFormatError
+from vfss_agglo_bundle.workflow.lock import BundleInUseError
 
 SEEDS = (0, 1, 2)
 
@@ -207,6 +208,8 @@ def test_the_default_the_study_picks(tmp_path):
     assert "| all4-attention-phis | litemedsam+hog+hed+ct_clip_r152, attention + PHI-S | 3 | 0.6500 | +0.0300 " \
            "[+0.0300, +0.0300] | 25.00 |" in "\n".join(rows)  # fmt: skip
     assert default_pick(found, {**timings, **timed(litemedsam=18.0)})[0] == "default"
+    with_dice = {**timings, "scratch": {**timings["scratch"], "test_mean_dice": 0.81234}}  # at the configs' epochs
+    assert "| -0.0200 [-0.0200, -0.0200] | 14.00 (0.8123) |" in "\n".join(default_pick(found, with_dice)[1])
     over = default_pick(found, {**timings, **timed(default=20.5)})  # the default over the bar
     assert over[::2] == ("scratch", "litemedsam has the highest test mean Dice within 20 min; scratch ties with it "
                                     "(CI includes 0) and its whole run is faster")  # fmt: skip
@@ -284,6 +287,17 @@ def test_validation_curves_from_the_log_and_their_last_quarter(tmp_path):
     assert "| hed | probe | 3 | 0.3000 | 0.3500 | +0.0500 |" in markdown(found)  # 3/4 of 8 epochs: epoch 6
 
 
+def test_the_committed_summaries_are_the_plans_runs():
+    """Every committed summary is a run the study plans now, with its fingerprint: the runner skips it (a change to
+    the plan's budget or overrides that would silently redo a finished run fails here)."""
+    found = load_summaries(ROOT / "docs" / "study" / "runs")
+    planned = {r.name: r for r in plan_runs(SEEDS, choose(found, SEEDS))}
+    assert found and set(found) <= set(planned)
+    for name, summary in found.items():
+        assert summary["fingerprint"] == run_fingerprint(planned[name], summary["common"], summary["device"]), name
+        assert summary["overrides"] == planned[name].config_overrides(), name
+
+
 def test_the_doubled_run_says_what_it_changed():
     found = _summaries({"default-e16-20": 0.0, "default": 0.004}, {"default-e16-20": 0.5, "default": 0.5}, (0,),
                        "finetune")  # fmt: skip
@@ -298,6 +312,9 @@ def test_the_doubled_run_says_what_it_changed():
     assert "- Doubling both again (32 + 40 to 64 + 80): not done yet." in text
     assert "the study's budget is" not in text  # no verdict before its run is done
     assert "is the arm default-e16-20 at seed 0: test mean Dice 0.6000" in text
+    found |= _summaries({"default-e64-80": 0.02}, {"default-e64-80": 0.5}, (0,), "finetune")  # against default
+    assert "- Doubling both again (32 + 40 to 64 + 80), seed 0: test mean Dice +0.0160 " in markdown(found)
+    assert "the study's budget is **not converged**" in markdown(found)
 
 
 def test_label_fractions_are_nested_and_seeded():
@@ -384,6 +401,21 @@ def test_a_run_folder_of_other_settings_is_set_aside_not_resumed(tmp_path):
     (root / "models" / "segmentation.done.json").write_text("{}")
     (root / "cpu_seconds.json").write_text(json.dumps({"fingerprint": "new", "seconds": 75.5}))
     assert _earlier_cpu(root, "new") == 75.5 and root.is_dir()  # a stopped attempt of these settings: resumed
+    held = subprocess.Popen([sys.executable, "-c", "import sys, time; from vfss_agglo_bundle.workflow.lock import "
+                             f"lock_bundle; lock_bundle({str(root)!r}); print('held', flush=True); time.sleep(60)"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert held.stdout.readline().strip() == "held"
+        with pytest.raises(BundleInUseError, match="is in use by another run"):  # a live run's folder is not moved
+            _earlier_cpu(root, "newer")
+    finally:
+        held.kill()
+        held.wait()
+    assert root.is_dir()
     assert _earlier_cpu(root, "newer") == 0.0 and not root.exists()  # other settings: moved whole, kept
-    (aside,) = (tmp_path / "set_aside").iterdir()
-    assert aside.name.startswith("scratch-finetune-s0.") and (aside / "models" / "segmentation.done.json").is_file()
+    (root / "models").mkdir(parents=True)
+    (root / "cpu_seconds.json").write_text(json.dumps({"fingerprint": "newer", "seconds": 1.0}))
+    assert _earlier_cpu(root, "newest") == 0.0 and not root.exists()  # set aside again: kept beside the first
+    kept = sorted((tmp_path / "set_aside").iterdir())
+    assert len(kept) == 2 and all(k.name.startswith("scratch-finetune-s0.") for k in kept)
+    assert sum((k / "models" / "segmentation.done.json").is_file() for k in kept) == 1

@@ -11,16 +11,17 @@ Arms (the teachers ``litemedsam``, ``hog``, ``hed`` and ``ct_clip_r152``; ``all4
 - probe, every arm: ``scratch``, each teacher alone, ``all4-fixed``, ``all4-attention``, each of those two with
   PHI-S (``-phis``), ``all4-uncertainty``, then ``all4-mlp`` (with PHI-S if it helped attention) and the best pair
   (the two best single teachers by probe validation Dice);
-- finetune: ``scratch``, ``default`` (the default run's own settings), the best single teacher and ``all4`` with the
-  best balancer (both by probe validation Dice), specialists for bolus, hyoid and c4 (the default run's stage 1,
-  one task each), and label efficiency: ``scratch`` and ``all4`` on 1/8, 1/4 and 1/2 of the training studies at the
-  same number of optimizer steps (epochs and validation interval scaled by 1 / fraction).
+- finetune: ``scratch``, ``default`` (the default run's teachers and balancer), the best single teacher and ``all4``
+  with the best balancer (both by probe validation Dice), specialists for bolus, hyoid and c4 (the default arm's
+  stage 1, one task each), and label efficiency: ``scratch`` and ``all4`` on 1/8, 1/4 and 1/2 of the training
+  studies at the same number of optimizer steps (epochs and validation interval scaled by 1 / fraction).
 
-Budget: every run trains ``STUDY_EPOCHS`` (32 distillation and 40 segmentation epochs), twice the default run's
+Budget: every run but the convergence arms trains ``STUDY_EPOCHS`` (32 distillation and 40 segmentation epochs;
+label fractions: the same optimizer steps), twice the default run's
 (16 + 20, configs/train.yaml): the default run's budget is not converged (doubling it gained 0.034 test mean Dice),
 and on 2 CPU cores twice it is what the study can afford (four times gained 0.019 more: see docs/study.md).
 Convergence (seed 0), the default arm named by its epochs: ``default-e16-20`` is the default run itself,
-``default-e32-20`` and ``default-e16-40`` halve one stage, ``default-e64-80`` doubles both.
+``default-e32-20`` and ``default-e16-40`` double one of its stages, ``default-e64-80`` doubles the study's budget.
 
 A probe run and a finetune run with the same teachers, balancer, standardisation and seed share one stage 1.
 """

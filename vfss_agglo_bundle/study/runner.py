@@ -24,6 +24,7 @@ from typing import Any
 
 from vfss_agglo_bundle.study.plan import STUDY_BASE, Run, choose, plan_runs, run_fingerprint
 from vfss_agglo_bundle.utils.io import read_json, write_json
+from vfss_agglo_bundle.workflow.lock import lock_bundle, release_bundle
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -124,13 +125,20 @@ def _find_stage1(work_dir: Path, key: str, seed: int) -> Path | None:
 
 def _earlier_cpu(root: Path, fingerprint: str) -> float:
     """CPU seconds of earlier, stopped attempts of this run in ``root``. A folder left by an attempt with other
-    settings (its stages would refuse to resume) is moved whole to ``<work_dir>/set_aside/<run>.<time>``."""
+    settings (its stages would refuse to resume) is moved whole to ``<work_dir>/set_aside/<run>.<time>[-n]``; one
+    that a live run holds raises ``BundleInUseError``, naming it."""
     ledger = root / CPU_FILE
     found = read_json(ledger) if ledger.is_file() else {}
     if found.get("fingerprint") == fingerprint:
         return float(found["seconds"])
     if found:
-        aside = root.parents[1] / "set_aside" / f"{root.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        lock_bundle(root, "study: setting aside")
+        release_bundle(root)
+        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+        aside = root.parents[1] / "set_aside" / f"{root.name}.{stamp}"
+        while aside.exists():
+            n += 1
+            aside = aside.with_name(f"{root.name}.{stamp}-{n}")
         aside.parent.mkdir(parents=True, exist_ok=True)
         os.replace(root, aside)
         logger.info("study: %s held an attempt with other settings; moved to %s", root, aside)
@@ -183,6 +191,8 @@ def run_one(
     root = work_dir / "runs" / run.name
     cpu = _earlier_cpu(root, fingerprint)
     (root / "models").mkdir(parents=True, exist_ok=True)
+    ledger = root / CPU_FILE
+    write_json(ledger, {"fingerprint": fingerprint, "seconds": round(cpu, 1)}, overwrite=True)  # before any output
     source = _find_stage1(work_dir, run.stage1_key, run.seed) if run.stage1_key else None
     if source is not None and source != root / "models":
         for name in STAGE1_FILES:
@@ -195,7 +205,6 @@ def run_one(
     started = time.time()
     stage1 = "none" if not run.stage1_key else "shared" if source is not None else "computed here"
     logger.info("study: %s (stage 1: %s)", run.name, stage1)
-    ledger = root / CPU_FILE
 
     def record(seconds: float) -> None:
         write_json(ledger, {"fingerprint": fingerprint, "seconds": round(cpu + seconds, 1)}, overwrite=True)
