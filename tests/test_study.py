@@ -287,6 +287,17 @@ def test_validation_curves_from_the_log_and_their_last_quarter(tmp_path):
     assert "| hed | probe | 3 | 0.3000 | 0.3500 | +0.0500 |" in markdown(found)  # 3/4 of 8 epochs: epoch 6
 
 
+def test_the_report_estimates_the_cpu_time_still_to_run():
+    found = _summaries({"scratch": 0.0}, {"scratch": 0.5})  # three probe runs of 10 CPU min each
+    assert "CPU hours" not in markdown(found)  # no finished finetune run yet: no estimate
+    found["scratch-finetune-s0"] = {**_summary("scratch", "finetune", 0, {"s01": 0.5}, 0.5), "cpu_minutes": 40.0}
+    found["scratch-finetune-s1"] = {**_summary("scratch", "finetune", 1, {"s01": 0.5}, 0.5), "cpu_minutes": 20.0}
+    todo = [r for r in plan_runs(SEEDS) if r.name not in found]
+    probes = sum(r.protocol == "probe" for r in todo)
+    assert (probes, len(todo) - probes) == (27, 26)  # 30 - 3 probe runs; 24 - 2 finetune runs and 4 convergence
+    assert f"About {(27 * 10 + 26 * 30) / 60:.1f} CPU hours" in markdown(found)
+
+
 def test_the_committed_summaries_are_the_plans_runs():
     """Every committed summary is a run the study plans now, with its fingerprint: the runner skips it (a change to
     the plan's budget or overrides that would silently redo a finished run fails here)."""

@@ -25,6 +25,7 @@ from vfss_agglo_bundle.study.plan import (
     SEG_EPOCHS,
     SPECIALIST_TASKS,
     STUDY_EPOCHS,
+    Run,
     candidate_defaults,
     choose,
     plan_runs,
@@ -284,7 +285,12 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
     if renamed:
         lines += [f"Run under an earlier name, with the same settings: {', '.join(renamed)}.", ""]
     if missing:
-        lines += [f"Still to run ({len(missing)}): " + ", ".join(missing) + ".", ""]
+        hours = _cpu_hours_left(summaries, [r for r in planned if r.name not in summaries])
+        lines.append(f"Still to run ({len(missing)}): " + ", ".join(missing) + ".")
+        if hours is not None:
+            lines[-1] += (f" About {hours:.1f} CPU hours (each run at the mean CPU minutes of the finished CPU runs "
+                          "of its protocol; the probe choices add more runs).")  # fmt: skip
+        lines.append("")
     for protocol in ("probe", "finetune"):
         lines += [f"## Arms, {protocol} (test, mean +- sd over seeds)", "", *_arm_table(summaries, protocol), ""]
 
@@ -364,6 +370,18 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
               "compare encoders at the study's budget, not at each probe's own convergence:", "",
               *_convergence_table(summaries)]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _cpu_hours_left(summaries: Summaries, todo: Sequence[Run]) -> float | None:
+    """CPU hours of the runs ``todo``, each at the mean CPU minutes of the finished CPU runs of its protocol at the
+    study's budget (convergence arms left out); None while a protocol has no such run."""
+    minutes: dict[str, list[float]] = {}
+    for s in summaries.values():
+        if s["device"] == "cpu" and s["group"] != "convergence":
+            minutes.setdefault(s["protocol"], []).append(s["cpu_minutes"])
+    if any(r.protocol not in minutes for r in todo):
+        return None
+    return sum(float(np.mean(minutes[r.protocol])) for r in todo) / 60
 
 
 def _doublings() -> list[tuple[str, str, str, str]]:
