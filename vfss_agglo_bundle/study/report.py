@@ -338,10 +338,10 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
     pick, rows, why = default_pick(summaries, timings or {}, seeds)
     lines += ["", "## 7. The default teacher set and balancer the study picks", "",
               f"Rule: among the candidate defaults (finetune, all tasks, every label), the highest test mean Dice "
-              f"whose whole default run (the configs' epochs, fresh phantom, fresh teacher store, both stages and the "
-              f"test report, seed {seeds[0]}, `scripts/study.py time`, nothing else running) takes at most "
-              f"{BAR_MINUTES:g} min on 2 CPU "
-              f"cores; an arm whose paired CI against it includes 0 ties with it, and ties go to the faster run.",
+              f"(at the study's budget) whose whole default run (the configs' epochs, fresh phantom, fresh teacher "
+              f"store, both stages and the test report, seed {seeds[0]}, `scripts/study.py time`, nothing else "
+              f"running) takes at most {BAR_MINUTES:g} min on 2 CPU cores; an arm whose paired CI against it includes "
+              f"0 ties with it, and ties go to the faster run.",
               "", *rows, "", f"Pick: **{pick or 'not yet'}** ({why})."]  # fmt: skip
     lines += ["", "## Converged?", ""]
     default = _runs(summaries, DEFAULT_RUN_ARM, "finetune").get(seeds[0])
