@@ -430,6 +430,8 @@ def _plot(summaries: Summaries, path: Path, seeds: Sequence[int] = (0, 1, 2)) ->
     right.set_ylabel("test mean Dice (95% CI)")
     if right.lines:
         right.legend()
+    else:
+        right.text(0.5, 0.5, "no label-efficiency runs yet", ha="center", va="center", transform=right.transAxes)
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.tight_layout()
