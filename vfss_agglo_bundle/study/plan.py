@@ -17,9 +17,9 @@ Arms (the teachers ``litemedsam``, ``hog``, ``hed`` and ``ct_clip_r152``; ``all4
   studies at the same number of optimizer steps (epochs and validation interval scaled by 1 / fraction).
 
 Budget: every run but the convergence arms trains ``STUDY_EPOCHS`` (32 distillation and 40 segmentation epochs;
-label fractions: the same optimizer steps), twice the default run's
-(16 + 20, configs/train.yaml): the default run's budget is not converged (doubling it gained 0.034 test mean Dice),
-and on 2 CPU cores twice it is what the study can afford (four times gained 0.019 more: see docs/study.md).
+label fractions: the same optimizer steps), twice the default run's (16 + 20, configs/train.yaml): the default
+run's budget is not converged (doubling it gained 0.034 test mean Dice), and on 2 CPU cores twice it is what the
+study can afford (four times gained 0.019 more: see docs/study.md).
 Convergence (seed 0), the default arm named by its epochs: ``default-e16-20`` is the default run itself,
 ``default-e32-20`` and ``default-e16-40`` double one of its stages, ``default-e64-80`` doubles the study's budget.
 
@@ -71,7 +71,7 @@ VAL_INTERVAL = 2  # stage 2's (configs/train.yaml), scaled with the epochs for l
 DEFAULT_RUN_ARM = "default-e16-20"  # the default arm at the default run's budget: the default run itself
 DOUBLED_ARM = "default-e64-80"  # the default arm at twice the study's budget: is the study's budget converged?
 CONVERGENCE_ARMS: dict[str, dict[str, int]] = {  # the default arm, named by its epochs (stage 1, stage 2)
-    DEFAULT_RUN_ARM: {"distill_epochs": 16, "seg_epochs": 20},
+    DEFAULT_RUN_ARM: {"distill_epochs": DISTILL_EPOCHS, "seg_epochs": SEG_EPOCHS},
     "default-e32-20": {"distill_epochs": 32, "seg_epochs": 20},  # one stage doubled from the default run's
     "default-e16-40": {"distill_epochs": 16, "seg_epochs": 40},
     DOUBLED_ARM: {"distill_epochs": 64, "seg_epochs": 80},

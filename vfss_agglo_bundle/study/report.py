@@ -390,12 +390,12 @@ def _doublings() -> list[tuple[str, str, str, str]]:
     def budget(epochs: Mapping[str, int]) -> str:
         return f"{epochs['distill_epochs']} + {epochs['seg_epochs']}"
 
-    run, study, doubled = budget(CONVERGENCE_ARMS[DEFAULT_RUN_ARM]), budget(STUDY_EPOCHS), DOUBLED_ARM
+    run, study = budget(CONVERGENCE_ARMS[DEFAULT_RUN_ARM]), budget(STUDY_EPOCHS)
     rows = [("default", DEFAULT_RUN_ARM, f"Doubling both stages' epochs ({run} to {study})",
              "the default run's budget")]  # fmt: skip
     rows += [(arm, DEFAULT_RUN_ARM, f"Doubling one stage's epochs ({run} to {budget(epochs)})", "")
              for arm, epochs in CONVERGENCE_ARMS.items() if arm not in (DEFAULT_RUN_ARM, DOUBLED_ARM)]  # fmt: skip
-    rows.append((doubled, "default", f"Doubling both again ({study} to {budget(CONVERGENCE_ARMS[doubled])})",
+    rows.append((DOUBLED_ARM, "default", f"Doubling both again ({study} to {budget(CONVERGENCE_ARMS[DOUBLED_ARM])})",
                  "the study's budget"))  # fmt: skip
     return rows
 
