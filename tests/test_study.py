@@ -4,8 +4,11 @@ alone (byte for byte), the frozen-encoder probe, label fractions, and a tiny end
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +90,7 @@ def _summary(arm: str, protocol: str, seed: int, studies: dict, validation: floa
     return {
         "run": f"{arm}-{protocol}-s{seed}", "arm": arm, "protocol": protocol, "seed": seed, "group": "teachers",
         "device": device, "cpu_minutes": 10.0, "validation_mean_dice": validation, "fingerprint": "x",
-        "versions": {"vfss_agglo_bundle": "0.9.0"},
+        "versions": {"vfss_agglo_bundle": "0.9.0"}, "machine": "AMD EPYC (AVX2), x86_64, 2 cores, 2 threads",
         "test": {"tasks": rows, "studies": {s: dict.fromkeys(("bolus", "hyoid", "c4", "mean"), d)
                                             for s, d in studies.items()}},
     }  # fmt: skip
@@ -266,6 +269,18 @@ def test_a_candidate_default_is_timed_from_nothing(tmp_path):
     assert list((tmp_path / "work").iterdir()) == []  # the finished run's folder is removed
 
 
+def test_a_run_names_the_kind_of_machine_its_cpu_minutes_come_from():
+    from vfss_agglo_bundle.study.runner import machine_description
+
+    cpuinfo = Path("/proc/cpuinfo")
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.is_file() else None
+    described = machine_description(3)
+    assert described.endswith(f", {os.cpu_count()} cores, 3 threads")
+    assert f"({torch.backends.cpu.get_cpu_capability()})" in described  # AVX2 / AVX512 kernels: not the same speed
+    if model:
+        assert described.startswith(f"{model.group(1).strip()} (")
+
+
 def test_validation_curves_from_the_log_and_their_last_quarter(tmp_path):
     from vfss_agglo_bundle.study.runner import validation_curve
 
@@ -296,6 +311,9 @@ def test_the_report_estimates_the_cpu_time_still_to_run():
     probes = sum(r.protocol == "probe" for r in todo)
     assert (probes, len(todo) - probes) == (27, 26)  # 30 - 3 probe runs; 24 - 2 finetune runs and 4 convergence
     assert f"About {(27 * 10 + 26 * 30) / 60:.1f} CPU hours" in markdown(found)
+    found["scratch-finetune-s1"]["machine"] = "Intel Xeon (AVX512), x86_64, 2 cores, 2 threads"
+    assert "AMD EPYC (AVX2), x86_64, 2 cores, 2 threads: 4; Intel Xeon (AVX512), x86_64, 2 cores, 2 threads: 1." in (
+        markdown(found))  # fmt: skip
 
 
 def test_the_committed_summaries_are_the_plans_runs():

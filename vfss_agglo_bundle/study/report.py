@@ -10,6 +10,7 @@ missing instead of answering.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,11 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
         f"teachers {choices.best_balancer}.",
         "",
     ]
+    machines = Counter(s["machine"] for s in cpu_runs)
+    if machines:
+        counts = "; ".join(f"{machine}: {n}" for machine, n in sorted(machines.items()))
+        lines += ["Machines of the CPU runs, with their number of runs (CPU minutes compare only within one kind; the "
+                  f"first runs did not record the CPU model): {counts}.", ""]  # fmt: skip
     renamed = [f"{name} (as {s['renamed_from']})" for name, s in sorted(summaries.items()) if s.get("renamed_from")]
     if renamed:
         lines += [f"Run under an earlier name, with the same settings: {', '.join(renamed)}.", ""]

@@ -30,6 +30,7 @@ __all__ = [
     "BUNDLE_ROOT",
     "load_summaries",
     "override_words",
+    "machine_description",
     "package_versions",
     "run_logged",
     "run_one",
@@ -153,6 +154,16 @@ def package_versions() -> dict[str, str]:
     return {"vfss_agglo_bundle": vfss_agglo_bundle.__version__, "torch": torch.__version__, "monai": monai.__version__}
 
 
+def machine_description(threads: int) -> str:
+    """CPU model, torch's CPU kernels (``AVX2``, ``AVX512``, ...), cores and threads: CPU minutes compare only
+    between runs on the same kind of machine."""
+    import torch
+    from vfss_agglo_bundle.benchmark.machine import cpu_model
+
+    return (f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), {platform.machine()}, "
+            f"{os.cpu_count()} cores, {threads} threads")  # fmt: skip
+
+
 def _evaluate_words(words: Sequence[str]) -> list[str]:
     """The training overrides the evaluate config knows (no teacher, balancer or epoch settings)."""
     keep = {"--bundle_root", "--dataset_dir", "--image_size", "--tasks", "--student", "--decoder_width", "--seed",
@@ -230,7 +241,7 @@ def run_one(
         "stage1_shared": source is not None,
         "cpu_minutes": round(cpu / 60, 2),
         "wall_minutes": round((time.time() - started) / 60, 2),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {threads} threads",
+        "machine": machine_description(threads),
         "versions": package_versions(),
         "validation_mean_dice": _round(next(r["dice"] for r in validation["rows"] if r["task"] == "mean")),
         "validation_curve": validation_curve(root / "training.log"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -21,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from vfss_agglo_bundle.study.plan import STUDY_BASE, candidate_defaults, choose
-from vfss_agglo_bundle.study.runner import load_summaries, override_words, package_versions, run_logged, summary_of
+from vfss_agglo_bundle.study.runner import (
+    load_summaries,
+    machine_description,
+    override_words,
+    package_versions,
+    run_logged,
+    summary_of,
+)
 from vfss_agglo_bundle.utils.io import read_json, write_json
 
 __all__ = ["BAR_MINUTES", "time_default_run"]
@@ -66,7 +72,7 @@ def time_default_run(
         "load_average_at_start": round(load, 2),
         "test_mean_dice": summary_of(read_json(root / "eval" / "report.json"))["tasks"]["mean"]["dice"],
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {threads} threads",
+        "machine": machine_description(threads),
         "versions": package_versions(),
     }
     table = read_json(out) if Path(out).is_file() else {}
