@@ -4,6 +4,7 @@ days and machines.
 
     python scripts/study.py run                          # every run still missing, in plan order (resumable)
     python scripts/study.py run --max_runs 4             # at most 4 runs now
+    python scripts/study.py run --workers 2 --threads 1  # two runners side by side (2 cores: about 1.3x the runs)
     python scripts/study.py run --only "['default-finetune']" --seeds "[0]"
     python scripts/study.py plan                         # the runs, done or not
     python scripts/study.py report                       # docs/study.md and docs/study.png from the summaries alone
@@ -18,7 +19,8 @@ from __future__ import annotations
 import logging
 
 import fire
-from vfss_agglo_bundle.study import choose, load_summaries, plan_runs, run_study
+from vfss_agglo_bundle.study import choose, load_summaries, plan_runs
+from vfss_agglo_bundle.study.runner import run_study_workers
 
 SUMMARIES = "docs/study/runs"
 TIMINGS = "docs/study/default_runs.json"
@@ -32,9 +34,12 @@ def run(
     threads: int = 2,
     only: tuple | None = None,
     max_runs: int | None = None,
+    workers: int = 1,
 ) -> None:
-    """Run (or resume) the study's missing runs."""
-    done = run_study(work_dir, summaries, list(seeds), device, threads, only=only, max_runs=max_runs)
+    """Run (or resume) the study's missing runs, with ``workers`` runners of ``threads`` torch threads each (several
+    runners, started here or by hand on the same work_dir, share the runs left; max_runs counts per runner)."""
+    done = run_study_workers(workers, work_dir=work_dir, summaries=summaries, seeds=list(seeds), device=device,
+                             threads=threads, only=only, max_runs=max_runs)  # fmt: skip
     print(f"{len(done)} run(s) done now: {', '.join(done) or '-'}")
 
 

@@ -54,6 +54,25 @@ def test_ensure_dataset_generates_once_then_reuses_and_checks_tasks(tmp_path, ca
         ensure_dataset(tmp_path / "ds", ["bolus", "tongue"], studies=3, frames=2, test_frames=None, image_size=64)
 
 
+def test_two_runs_on_one_empty_dataset_folder_write_it_once(tmp_path):
+    """Two processes (two study runners) start on the same empty folder: one writes the phantom while the other
+    waits for it and then finds it (without the lock, the second refuses the first's half-written files)."""
+    code = (
+        "import logging, sys; from vfss_agglo_bundle.phantom.dataset import ensure_dataset; "
+        "logging.basicConfig(level=logging.INFO); "
+        f"print(ensure_dataset(sys.argv[1], {TASKS!r}, studies=6, frames=2, test_frames=None, image_size=64))"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "ds")], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert [out.strip() for out, _ in outputs] == [str(tmp_path / "ds" / "datalist.json")] * 2
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("generating 6 phantom studies") == 1 and logs.count("skipping phantom generation") == 1
+    reference = synthesize_dataset(tmp_path / "alone", 6, 2, 64, tasks=TASKS, test_frames=None)  # one process alone
+    assert json.loads((tmp_path / "ds" / "datalist.json").read_text()) == json.loads(Path(reference).read_text())
+
+
 def test_ensure_dataset_refuses_a_phantom_made_with_other_settings(tmp_path):
     ensure_dataset(tmp_path / "ds", TASKS, studies=3, frames=2, test_frames=None, image_size=64, phantom="v2")
     before = (tmp_path / "ds/datalist.json").read_bytes()

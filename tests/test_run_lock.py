@@ -35,6 +35,9 @@ def test_a_second_process_is_refused_and_a_dead_holder_is_taken_over(tmp_path, c
             BundleInUseError, match=rf"{tmp_path} is in use by another run: training \(pid {holder.pid}"
         ):
             lock_bundle(tmp_path, "evaluating")
+        assert lock_bundle(tmp_path, "study runner", lock_file="claim.lock") == tmp_path / "claim.lock"  # another lock
+        release_bundle(tmp_path, lock_file="claim.lock")
+        assert (tmp_path / "claim.lock").read_text() == ""
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

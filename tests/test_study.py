@@ -373,10 +373,11 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
     common = {"phantom_studies": 5, "phantom_frames": 2, "phantom_test_frames": 2, "image_size": 64,
               "distill_frames_per_study": 100, "teacher_preset": "tiny", "distill_epochs": 1, "seg_epochs": 1,
               "val_interval": 1, "distill_batch_size": 2, "seg_batch_size": 2}  # fmt: skip
-    code = (
-        "import sys; from vfss_agglo_bundle.study import run_study; "
-        f"print(run_study({str(tmp_path)!r}, {str(tmp_path / 'runs')!r}, [0], common={common!r}, "
-        "only=['hed-probe', 'scratch-probe', 'default-finetune', 'c4-specialist-finetune']))"
+    code = (  # two runners of 1 thread side by side
+        "from vfss_agglo_bundle.study.runner import run_study_workers; "
+        f"print(sorted(run_study_workers(2, work_dir={str(tmp_path)!r}, summaries={str(tmp_path / 'runs')!r}, "
+        f"seeds=[0], threads=1, common={common!r}, poll=1, "
+        "only=['hed-probe', 'scratch-probe', 'default-finetune', 'c4-specialist-finetune'])))"
     )
     scratch = next(r for r in plan_runs([0]) if r.name == "scratch-probe-s0")
     stopped = tmp_path / "runs" / "scratch-probe-s0" / "cpu_seconds.json"  # an earlier attempt, stopped after 600 s
@@ -386,21 +387,63 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = json.loads((tmp_path / "runs" / "scratch-probe-s0.json").read_text())["cpu_minutes"]
     assert resumed > 10 and json.loads(stopped.read_text())["seconds"] == pytest.approx(60 * resumed, abs=1)
-    order = "['scratch-probe-s0', 'hed-probe-s0', 'default-finetune-s0', 'c4-specialist-finetune-s0']"
-    assert order in first.stdout
+    runs = "['c4-specialist-finetune-s0', 'default-finetune-s0', 'hed-probe-s0', 'scratch-probe-s0']"
+    assert runs in first.stdout  # each run once, by one of the two runners
     summary = json.loads((tmp_path / "runs" / "hed-probe-s0.json").read_text())
     assert summary["protocol"] == "probe" and summary["overrides"]["freeze_encoder"] is True
     assert set(summary["test"]["tasks"]) >= {"bolus", "c4", "mean"} and len(summary["test"]["studies"]) >= 1
     assert summary["cpu_minutes"] > 0 and summary["device"] == "cpu" and not summary["stage1_shared"]
     assert list(summary["validation_curve"]) == ["1"] and 0 <= summary["validation_curve"]["1"] <= 1
     specialist = json.loads((tmp_path / "runs" / "c4-specialist-finetune-s0.json").read_text())
-    assert specialist["stage1_shared"] and set(specialist["test"]["tasks"]) == {"c4", "mean"}
+    assert specialist["stage1_shared"] and set(specialist["test"]["tasks"]) == {"c4", "mean"}  # waited, not redone
+    assert specialist["machine"].endswith(", 1 threads")
     log = (tmp_path / "runs" / "c4-specialist-finetune-s0" / "training.log").read_text()
     assert "stage distillation: outputs found" in log  # the default run's stage 1, reused
     before = (tmp_path / "runs" / "hed-probe-s0.json").read_bytes()
     again = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[]" in again.stdout  # nothing to do: both summaries match their fingerprints
     assert (tmp_path / "runs" / "hed-probe-s0.json").read_bytes() == before
+
+
+HOLD_CLAIM = (  # another runner: claims a run and computes its stage 1, which is done after a second
+    "import pathlib, sys, time; from vfss_agglo_bundle.workflow.lock import lock_bundle; "
+    "lock_bundle(sys.argv[1], 'study runner', lock_file=sys.argv[2]); print('held', flush=True); time.sleep(1); "
+    "[pathlib.Path(sys.argv[3], name).write_text('x') for name in sys.argv[4:]]; time.sleep(120)"
+)
+
+
+def test_runners_leave_claimed_runs_and_wait_for_a_stage_1_computed_elsewhere(tmp_path, monkeypatch, caplog):
+    from vfss_agglo_bundle.study import runner
+
+    work, out = tmp_path / "work", tmp_path / "runs"
+    out.mkdir()
+    default = next(r for r in plan_runs([0]) if r.name == "default-finetune-s0")
+    other = work / "runs" / default.name
+    (other / "models").mkdir(parents=True)
+    (other / runner.MARKER).write_text(json.dumps({"stage1_key": default.stage1_key, "seed": 0}))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(work / runner.CLAIMS), f"{default.name}.lock",
+                               str(other / "models"), *runner.STAGE1_FILES], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    ran = []
+
+    def run_one(run, work_dir, summaries, common, device, threads):
+        ran.append((run.name, runner._find_stage1(work_dir, run.stage1_key, run.seed) == other / "models"))
+        summary = {"run": run.name, "fingerprint": run_fingerprint(run, common, "cpu")}
+        (Path(summaries) / f"{run.name}.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    caplog.set_level("INFO")
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = runner.run_study(work, out, [0], only=["default-finetune", "bolus-specialist-finetune"], poll=0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done == ["bolus-specialist-finetune-s0"]  # default-finetune-s0 left to the runner that holds it
+    assert ran == [("bolus-specialist-finetune-s0", True)]  # run once the other's stage 1 was done: shared
+    assert "waiting: bolus-specialist-finetune-s0 (for the stage 1 of default-finetune-s0)" in caplog.text
+    assert (work / runner.CLAIMS / "bolus-specialist-finetune-s0.lock").read_text() == ""  # released
 
 
 def test_a_run_reports_its_cpu_time_while_it_runs(tmp_path):

@@ -18,7 +18,7 @@ from vfss_agglo_bundle.phantom.anatomy import phantom_config
 from vfss_agglo_bundle.phantom.render import simulate_study
 from vfss_agglo_bundle.phantom.truth import study_truth
 from vfss_agglo_bundle.utils.distributed import main_process_first
-from vfss_agglo_bundle.utils.io import PathLike, read_json, write_json
+from vfss_agglo_bundle.utils.io import PathLike, exclusive_lock, read_json, write_json
 
 __all__ = [
     "GENERATOR",
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 KINEMATICS_DIR = "kinematics"  # a phantom dataset's ground-truth kinematics, one JSON per study
 GENERATOR = "vfss_agglo_bundle.phantom"  # a phantom datalist's source.generator
+WRITING_LOCK = ".writing.lock"  # held while one process writes the dataset (others on the folder wait for it)
 
 
 def study_seed(seed: int, study: int) -> int:
@@ -170,7 +171,8 @@ def ensure_dataset(
     phantom settings it was made with against the ones asked for (:func:`check_phantom_settings`): bad input stops the
     run before any work is done.
 
-    Under ``torchrun`` rank 0 does this first while the other ranks wait; they then find its datalist.
+    Under ``torchrun`` rank 0 does this first while the other ranks wait; they then find its datalist. Other runs on
+    the same folder (the study's runners) wait while one writes it (an OS lock on ``dataset_dir/.writing.lock``).
 
     Raises:
         ValueError: the datalist was built for other tasks, or is a phantom made with other settings.
@@ -178,19 +180,17 @@ def ensure_dataset(
     """
     datalist_path = Path(dataset_dir) / DATALIST_NAME
     with main_process_first("writing the dataset"):  # under torchrun: rank 0 writes it, the others then find it
-        if datalist_path.exists():
-            check_dataset(datalist_path, tasks)
-            check_phantom_settings(
-                datalist_path, phantom_settings(studies, frames, test_frames, image_size, seed, ratios, phantom)
-            )
-            logger.info(
-                "dataset: found %s, its frames and labels check out; skipping phantom generation", datalist_path
-            )
-            return str(datalist_path)
-        logger.info(
-            "dataset: no datalist in %s, generating %d phantom studies (%s, %d frames each, %d for test studies)",
-            dataset_dir, studies, phantom, frames, frames if test_frames is None else test_frames,
-        )  # fmt: skip
-        return str(
-            synthesize_dataset(dataset_dir, studies, frames, image_size, seed, ratios, tasks, phantom, test_frames)
+        if not datalist_path.exists():
+            with exclusive_lock(Path(dataset_dir) / WRITING_LOCK):  # other runs on this folder wait, then find it
+                if not datalist_path.exists():
+                    in_test = frames if test_frames is None else test_frames
+                    logger.info("dataset: no datalist in %s, generating %d phantom studies (%s, %d frames each, %d for "
+                                "test studies)", dataset_dir, studies, phantom, frames, in_test)  # fmt: skip
+                    return str(synthesize_dataset(dataset_dir, studies, frames, image_size, seed, ratios, tasks,
+                                                  phantom, test_frames))  # fmt: skip
+        check_dataset(datalist_path, tasks)
+        check_phantom_settings(
+            datalist_path, phantom_settings(studies, frames, test_frames, image_size, seed, ratios, phantom)
         )
+        logger.info("dataset: found %s, its frames and labels check out; skipping phantom generation", datalist_path)
+        return str(datalist_path)

@@ -1,4 +1,5 @@
-"""Atomic file writing, JSON, torch files and file hashes: the one place the package writes files through.
+"""Atomic file writing, JSON, torch files, file hashes and a lock between writers: the one place the package writes
+files through.
 
 Every writer goes through a temporary file in the target folder and ``os.replace``: a crash never leaves a
 half-written file under the final name, and nothing is overwritten unless ``overwrite=True``.
@@ -6,6 +7,7 @@ half-written file under the final name, and nothing is overwritten unless ``over
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -117,6 +119,20 @@ def write_text(path: PathLike, text: str, overwrite: bool = False, keep_old: boo
     """Write ``text`` atomically (``overwrite`` and ``keep_old`` as in :func:`atomic_path`)."""
     with atomic_path(path, overwrite=overwrite, suffix=Path(path).suffix, keep_old=keep_old) as tmp:
         tmp.write_text(text)
+
+
+@contextmanager
+def exclusive_lock(path: PathLike) -> Iterator[None]:
+    """Hold an OS lock (``flock``) on ``path``, created if missing, for the block: other processes wait at the start
+    of theirs until it ends (released when its holder exits, however it exits)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def natural_key(name: str) -> list:

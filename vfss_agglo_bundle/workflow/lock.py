@@ -4,8 +4,9 @@ The lock is an OS advisory lock (``fcntl.flock``) on that file, held by the proc
 be left behind by a run that died: the file may remain, naming the dead holder, and the next run takes it over with
 a message. The file says who holds it (pid, host, command, start time), so a refused run names its holder. Under
 torchrun only rank 0 takes it (the other ranks are the same run). Runs that only share a dataset or a teacher store
-(the study's runs, each with its own bundle folder) never block each other. Local file systems only: ``flock`` on a
-network file system may not exclude a run on another machine.
+(the study's runs, each with its own bundle folder) never block each other. Another ``lock_file`` name is another,
+independent lock on the same folder (the study's runners claim a run's folder with one while its `training` holds
+``.run.lock``). Local file systems only: ``flock`` on a network file system may not exclude a run on another machine.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def _holder(handle: IO[str]) -> dict:
         return {}
 
 
-def lock_bundle(bundle_root: PathLike, run: str = "training") -> Path | None:
-    """Take the bundle folder's lock for this process (rank 0 only; a no-op when this process holds it already).
+def lock_bundle(bundle_root: PathLike, run: str = "training", lock_file: str = LOCK_FILE) -> Path | None:
+    """Take the bundle folder's lock ``lock_file`` for this process (rank 0 only; a no-op when this process holds it
+    already).
 
     Returns the lock file (None on other ranks).
 
@@ -54,7 +56,7 @@ def lock_bundle(bundle_root: PathLike, run: str = "training") -> Path | None:
     """
     if not is_main_process():
         return None
-    path = Path(bundle_root) / LOCK_FILE
+    path = Path(bundle_root) / lock_file
     if path in _held:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +85,9 @@ def lock_bundle(bundle_root: PathLike, run: str = "training") -> Path | None:
     return path
 
 
-def release_bundle(bundle_root: PathLike) -> None:
-    """Release this process's lock on the bundle folder (the file is emptied: nobody holds it)."""
-    path = Path(bundle_root) / LOCK_FILE
+def release_bundle(bundle_root: PathLike, lock_file: str = LOCK_FILE) -> None:
+    """Release this process's lock ``lock_file`` on the bundle folder (the file is emptied: nobody holds it)."""
+    path = Path(bundle_root) / lock_file
     handle = _held.pop(path, None)
     if handle is not None:
         handle.seek(0)
@@ -98,4 +100,4 @@ def release_bundle(bundle_root: PathLike) -> None:
 @atexit.register
 def _release_all() -> None:
     for path in list(_held):
-        release_bundle(path.parent)
+        release_bundle(path.parent, path.name)
