@@ -4,7 +4,7 @@ days and machines.
 
     python scripts/study.py run                          # every run still missing, in plan order (resumable)
     python scripts/study.py run --max_runs 4             # at most 4 runs now
-    python scripts/study.py run --workers 2 --threads 1  # two runners side by side (2 cores: about 1.3x the runs)
+    python scripts/study.py run --workers 2              # two runners side by side (2 cores: about 1.3x the runs)
     python scripts/study.py run --only "['default-finetune']" --seeds "[0]"
     python scripts/study.py plan                         # the runs, done or not
     python scripts/study.py report                       # docs/study.md and docs/study.png from the summaries alone
@@ -17,6 +17,7 @@ the same fingerprint (settings, seed, device type) is skipped. The runs themselv
 from __future__ import annotations
 
 import logging
+import os
 
 import fire
 from vfss_agglo_bundle.study import choose, load_summaries, plan_runs
@@ -31,13 +32,15 @@ def run(
     summaries: str = SUMMARIES,
     seeds: tuple = (0, 1, 2),
     device: str = "cpu",
-    threads: int = 2,
+    threads: int | None = None,
     only: tuple | None = None,
     max_runs: int | None = None,
     workers: int = 1,
 ) -> None:
-    """Run (or resume) the study's missing runs, with ``workers`` runners of ``threads`` torch threads each (several
-    runners, started here or by hand on the same work_dir, share the runs left; max_runs counts per runner)."""
+    """Run (or resume) the study's missing runs, with ``workers`` runners of ``threads`` torch threads each (default:
+    the cores shared out between them). Several runners, started here or by hand on the same work_dir, share the runs
+    left; max_runs counts per runner."""
+    threads = threads or max(1, (os.cpu_count() or 2) // workers)
     done = run_study_workers(workers, work_dir=work_dir, summaries=summaries, seeds=list(seeds), device=device,
                              threads=threads, only=only, max_runs=max_runs)  # fmt: skip
     print(f"{len(done)} run(s) done now: {', '.join(done) or '-'}")

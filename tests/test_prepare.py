@@ -57,10 +57,11 @@ def test_ensure_dataset_generates_once_then_reuses_and_checks_tasks(tmp_path, ca
 def test_two_runs_on_one_empty_dataset_folder_write_it_once(tmp_path):
     """Two processes (two study runners) start on the same empty folder: one writes the phantom while the other
     waits for it and then finds it (without the lock, the second refuses the first's half-written files)."""
-    code = (
-        "import logging, sys; from vfss_agglo_bundle.phantom.dataset import ensure_dataset; "
-        "logging.basicConfig(level=logging.INFO); "
-        f"print(ensure_dataset(sys.argv[1], {TASKS!r}, studies=6, frames=2, test_frames=None, image_size=64))"
+    code = (  # writing starts 2 s late, so that both processes find the folder empty, whichever starts first
+        "import logging, sys, time; import vfss_agglo_bundle.phantom.dataset as dataset; "
+        "logging.basicConfig(level=logging.INFO); write = dataset.synthesize_dataset; "
+        "dataset.synthesize_dataset = lambda *args, **kwargs: time.sleep(2) or write(*args, **kwargs); "
+        f"print(dataset.ensure_dataset(sys.argv[1], {TASKS!r}, studies=6, frames=2, test_frames=None, image_size=64))"
     )
     runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "ds")], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip

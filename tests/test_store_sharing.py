@@ -5,6 +5,7 @@ a half-filled store resumes with another number of processes, and a rank that fa
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,17 +20,23 @@ TEACHERS = "hed,ct_clip_r152,hog"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _fill(datalist: Path, cache: Path, processes: int, views: int = 2) -> subprocess.CompletedProcess:
+def _fill_command(datalist: Path, cache: Path, processes: int, views: int = 2) -> list[str]:
     launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                         f"--nproc_per_node={processes}"]  # fmt: skip
-    cmd = [*launcher, str(ROOT / "scripts/cache_teachers.py"), "--datalist", str(datalist), "--teachers", TEACHERS,
-           "--preset", "tiny", "--cache_dir", str(cache), "--views", str(views), "--splits", "training",
-           "--threads", "1"]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    return [*launcher, str(ROOT / "scripts/cache_teachers.py"), "--datalist", str(datalist), "--teachers", TEACHERS,
+            "--preset", "tiny", "--cache_dir", str(cache), "--views", str(views), "--splits", "training",
+            "--threads", "1"]  # fmt: skip
+
+
+def _fill(datalist: Path, cache: Path, processes: int, views: int = 2) -> subprocess.CompletedProcess:
+    command = _fill_command(datalist, cache, processes, views)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of the store but the (empty) lock files the fill takes turns on."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix != ".lock"}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -41,6 +48,15 @@ def test_two_processes_fill_the_same_store_as_one(tmp_path):
     entries = [name for name in reference if name.endswith(".safetensors")]
     assert len(entries) == 3 * 2 * 3 * 2  # 3 teachers x 2 training studies x 3 frames x 2 views
     assert one.stdout.count("KiB/frame") == 3
+
+    # two runs (two study runners) start filling one store at once: they take turns, the second finds the entries
+    both = [subprocess.Popen(_fill_command(datalist, tmp_path / "together", 1), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]  # fmt: skip
+    logs = [p.communicate(timeout=300)[1] for p in both]
+    assert [p.returncode for p in both] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    counts = [int(n) for n in re.findall(r"teacher \w+: (\d+) views to compute", "".join(logs))]
+    assert sorted(counts) == [0, 0, 0, 12, 12, 12]  # each teacher's 12 entries computed once, by one of the two
+    assert _files(tmp_path / "together") == reference
 
     two = _fill(datalist, tmp_path / "two", 2)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -269,16 +269,14 @@ def test_a_candidate_default_is_timed_from_nothing(tmp_path):
     assert list((tmp_path / "work").iterdir()) == []  # the finished run's folder is removed
 
 
-def test_a_run_names_the_kind_of_machine_its_cpu_minutes_come_from():
+def test_a_run_names_the_kind_of_machine_its_cpu_minutes_come_from(monkeypatch):
     from vfss_agglo_bundle.study.runner import machine_description
 
-    cpuinfo = Path("/proc/cpuinfo")
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.is_file() else None
-    described = machine_description(3)
-    assert described.endswith(f", {os.cpu_count()} cores, 3 threads")
-    assert f"({torch.backends.cpu.get_cpu_capability()})" in described  # AVX2 / AVX512 kernels: not the same speed
-    if model:
-        assert described.startswith(f"{model.group(1).strip()} (")
+    monkeypatch.setattr("vfss_agglo_bundle.benchmark.machine.cpu_model", lambda: "Test CPU 9000")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    where = f"{platform.machine()}, {os.cpu_count()} cores"
+    assert machine_description(3) == f"Test CPU 9000 (AVX512), {where}, 3 threads"
+    assert machine_description(1) == f"Test CPU 9000 (AVX512), {where}, 1 thread"
 
 
 def test_validation_curves_from_the_log_and_their_last_quarter(tmp_path):
@@ -312,8 +310,10 @@ def test_the_report_estimates_the_cpu_time_still_to_run():
     assert (probes, len(todo) - probes) == (27, 26)  # 30 - 3 probe runs; 24 - 2 finetune runs and 4 convergence
     assert f"About {(27 * 10 + 26 * 30) / 60:.1f} CPU hours" in markdown(found)
     found["scratch-finetune-s1"]["machine"] = "Intel Xeon (AVX512), x86_64, 2 cores, 2 threads"
-    assert "AMD EPYC (AVX2), x86_64, 2 cores, 2 threads: 4; Intel Xeon (AVX512), x86_64, 2 cores, 2 threads: 1." in (
-        markdown(found))  # fmt: skip
+    both = "AMD EPYC (AVX2), x86_64, 2 cores, 2 threads: 4; Intel Xeon (AVX512), x86_64, 2 cores, 2 threads: 1."
+    assert f"(CPU minutes compare only within one kind): {both}" in markdown(found)
+    found["scratch-probe-s0"]["machine"] = "x86_64, 2 cores, 2 threads"  # recorded before the CPU model was
+    assert "did not record the CPU model): AMD EPYC" in markdown(found)
 
 
 def test_the_committed_summaries_are_the_plans_runs():
@@ -396,7 +396,7 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
     assert list(summary["validation_curve"]) == ["1"] and 0 <= summary["validation_curve"]["1"] <= 1
     specialist = json.loads((tmp_path / "runs" / "c4-specialist-finetune-s0.json").read_text())
     assert specialist["stage1_shared"] and set(specialist["test"]["tasks"]) == {"c4", "mean"}  # waited, not redone
-    assert specialist["machine"].endswith(", 1 threads")
+    assert specialist["machine"].endswith(", 1 thread")
     log = (tmp_path / "runs" / "c4-specialist-finetune-s0" / "training.log").read_text()
     assert "stage distillation: outputs found" in log  # the default run's stage 1, reused
     before = (tmp_path / "runs" / "hed-probe-s0.json").read_bytes()
@@ -405,10 +405,12 @@ def test_a_tiny_study_run_is_skipped_when_done_and_shares_stage_1(tmp_path):
     assert (tmp_path / "runs" / "hed-probe-s0.json").read_bytes() == before
 
 
-HOLD_CLAIM = (  # another runner: claims a run and computes its stage 1, which is done after a second
-    "import pathlib, sys, time; from vfss_agglo_bundle.workflow.lock import lock_bundle; "
-    "lock_bundle(sys.argv[1], 'study runner', lock_file=sys.argv[2]); print('held', flush=True); time.sleep(1); "
-    "[pathlib.Path(sys.argv[3], name).write_text('x') for name in sys.argv[4:]]; time.sleep(120)"
+HOLD_CLAIM = (  # another runner: claims a run, finishes its stage 1 after a second and the run after another
+    "import json, pathlib, sys, time; from vfss_agglo_bundle.workflow.lock import lock_bundle; "
+    "claims, lock, models, summary, fingerprint, *stage1 = sys.argv[1:]; "
+    "lock_bundle(claims, 'study runner', lock_file=lock); print('held', flush=True); time.sleep(1); "
+    "[pathlib.Path(models, name).write_text('x') for name in stage1]; time.sleep(1); "
+    "pathlib.Path(summary).write_text(json.dumps({'run': pathlib.Path(summary).stem, 'fingerprint': fingerprint}))"
 )
 
 
@@ -418,31 +420,35 @@ def test_runners_leave_claimed_runs_and_wait_for_a_stage_1_computed_elsewhere(tm
     work, out = tmp_path / "work", tmp_path / "runs"
     out.mkdir()
     default = next(r for r in plan_runs([0]) if r.name == "default-finetune-s0")
-    other = work / "runs" / default.name
+    other = work / "runs" / default.name  # the other runner's run folder (no marker yet: it has just claimed it)
     (other / "models").mkdir(parents=True)
-    (other / runner.MARKER).write_text(json.dumps({"stage1_key": default.stage1_key, "seed": 0}))
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(work / runner.CLAIMS), f"{default.name}.lock",
-                               str(other / "models"), *runner.STAGE1_FILES], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
+                               str(other / "models"), str(out / f"{default.name}.json"),
+                               run_fingerprint(default, {}, "cpu"), *runner.STAGE1_FILES],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
     ran = []
 
     def run_one(run, work_dir, summaries, common, device, threads):
-        ran.append((run.name, runner._find_stage1(work_dir, run.stage1_key, run.seed) == other / "models"))
+        ran.append((run.name, runner._find_stage1(work_dir, run.stage1_key, run.seed)))
         summary = {"run": run.name, "fingerprint": run_fingerprint(run, common, "cpu")}
         (Path(summaries) / f"{run.name}.json").write_text(json.dumps(summary))
         return summary
 
     monkeypatch.setattr(runner, "run_one", run_one)
+    (other / runner.MARKER).write_text(json.dumps({"stage1_key": default.stage1_key, "seed": 0}))
     caplog.set_level("INFO")
     try:
         assert holder.stdout.readline().strip() == "held"
         done = runner.run_study(work, out, [0], only=["default-finetune", "bolus-specialist-finetune"], poll=0.2)
+        assert holder.wait(timeout=60) == 0
     finally:
         holder.kill()
         holder.wait()
-    assert done == ["bolus-specialist-finetune-s0"]  # default-finetune-s0 left to the runner that holds it
-    assert ran == [("bolus-specialist-finetune-s0", True)]  # run once the other's stage 1 was done: shared
-    assert "waiting: bolus-specialist-finetune-s0 (for the stage 1 of default-finetune-s0)" in caplog.text
+    assert done == ["bolus-specialist-finetune-s0"]  # default-finetune-s0 was left to the runner that held it
+    assert ran == [("bolus-specialist-finetune-s0", other / "models")]  # run once the other's stage 1 was done
+    assert "waiting: default-finetune-s0 (held by another runner), bolus-specialist-finetune-s0 (for the stage 1 of " \
+           "default-finetune-s0)" in caplog.text  # fmt: skip
+    assert "waiting: default-finetune-s0 (held by another runner)\n" in caplog.text + "\n"  # then until it was done
     assert (work / runner.CLAIMS / "bolus-specialist-finetune-s0.lock").read_text() == ""  # released
 
 
@@ -454,6 +460,35 @@ def test_a_run_reports_its_cpu_time_while_it_runs(tmp_path):
     total = run_logged(burn, tmp_path / "burn.log", threads=1, on_cpu=seen.append, every=0.2)
     assert total >= 1.5 and len(seen) >= 2  # from /proc while it ran, and from wait4 at its end
     assert seen == sorted(seen) and seen[-1] <= total + 0.02
+
+
+def test_a_stopped_runner_stops_its_training_with_it(tmp_path):
+    from vfss_agglo_bundle.study.runner import run_logged
+
+    pid_file = tmp_path / "pid"
+    sleeper = [sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+               "time.sleep(120)", str(pid_file)]  # fmt: skip
+
+    def stop(seconds: float) -> None:  # as if the runner were interrupted (Ctrl-C, or SIGTERM made SystemExit)
+        if pid_file.is_file() and pid_file.read_text():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_logged(sleeper, tmp_path / "sleep.log", threads=1, on_cpu=stop, every=0.1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # killed and reaped, not left running
+
+
+def test_when_a_runner_fails_every_runner_stops_with_one_error(tmp_path):
+    from vfss_agglo_bundle.study.runner import run_study_workers
+
+    common = {"phantom_studies": 5, "phantom_frames": 2, "phantom_test_frames": 2, "image_size": 64,
+              "student": "no_such_backbone", "seg_epochs": 1}  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"study runner\(s\) failed: runner-\d \(exit 1\)"):
+        run_study_workers(2, work_dir=tmp_path, summaries=tmp_path / "runs", seeds=[0, 1], threads=1,
+                          common=common, only=["scratch-probe"])  # fmt: skip
+    assert "no_such_backbone" in "".join(p.read_text() for p in tmp_path.glob("runs/*/training.log"))
+    assert not list((tmp_path / "runs").glob("*.json"))  # no summary of a failed run
 
 
 def test_the_committed_report_is_the_committed_summaries_report():

@@ -285,8 +285,9 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
     machines = Counter(s["machine"] for s in cpu_runs)
     if machines:
         counts = "; ".join(f"{machine}: {n}" for machine, n in sorted(machines.items()))
-        lines += ["Machines of the CPU runs, with their number of runs (CPU minutes compare only within one kind; the "
-                  f"first runs did not record the CPU model): {counts}.", ""]  # fmt: skip
+        unnamed = "; the first runs did not record the CPU model" if any("(" not in m for m in machines) else ""
+        lines += ["Machines of the CPU runs, with their number of runs (CPU minutes compare only within one kind"
+                  f"{unnamed}): {counts}.", ""]  # fmt: skip
     renamed = [f"{name} (as {s['renamed_from']})" for name, s in sorted(summaries.items()) if s.get("renamed_from")]
     if renamed:
         lines += [f"Run under an earlier name, with the same settings: {', '.join(renamed)}.", ""]

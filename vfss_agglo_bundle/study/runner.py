@@ -22,11 +22,11 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ from vfss_agglo_bundle.workflow.lock import BundleInUseError, lock_bundle, relea
 __all__ = [
     "BUNDLE_ROOT",
     "load_summaries",
-    "override_words",
     "machine_description",
+    "override_words",
     "package_versions",
     "run_logged",
     "run_one",
@@ -86,16 +86,21 @@ def run_logged(
     with open(log, "a") as out:
         process = subprocess.Popen(list(cmd), cwd=BUNDLE_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
         reported = time.monotonic()
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if on_cpu is not None and time.monotonic() - reported >= every:
-                seconds = _cpu_so_far(process.pid)
-                if seconds is not None:
-                    on_cpu(seconds)
-                reported = time.monotonic()
-            time.sleep(0.5)
+        try:
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                if on_cpu is not None and time.monotonic() - reported >= every:
+                    seconds = _cpu_so_far(process.pid)
+                    if seconds is not None:
+                        on_cpu(seconds)
+                    reported = time.monotonic()
+                time.sleep(0.5)
+        except BaseException:  # interrupted or told to stop: the run stops with it (it resumes next time)
+            process.kill()
+            process.wait()
+            raise
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {process.returncode}); see {log}.")
@@ -127,7 +132,10 @@ def validation_curve(log: str | os.PathLike) -> dict[str, float]:
 def _find_stage1(work_dir: Path, key: str, seed: int) -> Path | None:
     """The models folder of a run that finished the stage 1 of ``key`` and ``seed``."""
     for marker in sorted((work_dir / "runs").glob(f"*/{MARKER}")):
-        found = read_json(marker)
+        try:
+            found = read_json(marker)
+        except FileNotFoundError:  # its folder was just set aside by another runner
+            continue
         models = marker.parent / "models"
         if found["stage1_key"] == key and found["seed"] == seed and all((models / f).is_file() for f in STAGE1_FILES):
             return models
@@ -171,7 +179,7 @@ def machine_description(threads: int) -> str:
     from vfss_agglo_bundle.benchmark.machine import cpu_model
 
     return (f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), {platform.machine()}, "
-            f"{os.cpu_count()} cores, {threads} threads")  # fmt: skip
+            f"{os.cpu_count()} cores, {threads} thread{'s' if threads != 1 else ''}")  # fmt: skip
 
 
 def _evaluate_words(words: Sequence[str]) -> list[str]:
@@ -286,16 +294,16 @@ def _release(work_dir: Path, name: str) -> None:
     release_bundle(work_dir / CLAIMS, lock_file=f"{name}.lock")
 
 
-def _stage1_elsewhere(work_dir: Path, run: Run) -> str | None:
-    """The run of another runner computing ``run``'s stage 1 now (same key and seed, not finished); None if none."""
+def _stage1_elsewhere(work_dir: Path, run: Run, runs: Sequence[Run]) -> str | None:
+    """The planned run sharing ``run``'s stage 1 (same key and seed) that another runner holds while that stage 1 is
+    not finished anywhere, i.e. is being computed; None if none."""
     if not run.stage1_key or _find_stage1(work_dir, run.stage1_key, run.seed) is not None:
         return None
-    for marker in sorted((work_dir / "runs").glob(f"*/{MARKER}")):
-        found, other = read_json(marker), marker.parent.name
-        if found["stage1_key"] == run.stage1_key and found["seed"] == run.seed and other != run.name:
-            if not _claim(work_dir, other):
-                return other
-            _release(work_dir, other)
+    for other in runs:
+        if other.stage1_key == run.stage1_key and other.seed == run.seed and other.name != run.name:
+            if not _claim(work_dir, other.name):
+                return other.name
+            _release(work_dir, other.name)  # nobody holds it (this process holds only the run it works on)
     return None
 
 
@@ -314,8 +322,9 @@ def run_study(
     decide the later runs); returns the names of the runs done now.
 
     ``only``: run names (or arm-protocol prefixes) to restrict to; ``max_runs``: stop after that many runs. Runs that
-    other runners hold are left to them; while the only runs left wait for a stage 1 another runner is computing,
-    this one checks again every ``poll`` seconds.
+    other runners hold are left to them, and a run whose stage 1 another runner is computing waits for it; while
+    every run left is held or waiting, this one checks again every ``poll`` seconds (the runs it waits on may add
+    runs to the plan), and it stops when none is left.
     """
     common = dict(common or {})
     work = Path(work_dir).resolve()
@@ -330,17 +339,19 @@ def run_study(
             and (only is None or any(r.name == o or r.name.startswith(f"{o}-s") for o in only))
             and r.name not in done
         ]  # fmt: skip
+        if not todo:
+            break
         chosen, waiting = None, []
         for run in todo:
-            holder = _stage1_elsewhere(work, run)
+            holder = _stage1_elsewhere(work, run, runs)
             if holder is not None:
                 waiting.append(f"{run.name} (for the stage 1 of {holder})")
             elif _claim(work, run.name):
                 chosen = run
                 break
+            else:
+                waiting.append(f"{run.name} (held by another runner)")
         if chosen is None:
-            if not waiting:
-                break  # nothing left, or other runners hold every run left
             logger.info("study: waiting: %s", ", ".join(waiting))
             time.sleep(poll)
             continue
@@ -354,21 +365,51 @@ def run_study(
     return done
 
 
-def _log_to_stderr() -> None:
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the running training is stopped and the claim released
+
+
+def _runner(kwargs: dict[str, Any], results: Any) -> None:
+    """One runner of :func:`run_study_workers` (a spawned process): logs to stderr, stops cleanly on SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")  # fmt: skip
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    results.put(run_study(**kwargs))
 
 
 def run_study_workers(workers: int = 1, **kwargs: Any) -> list[str]:
-    """``workers`` runners of :func:`run_study` side by side, each its own process with ``threads`` torch threads;
-    returns the runs they did. A runner that fails leaves the others to finish; its error is raised at the end."""
+    """``workers`` runners of :func:`run_study` side by side, each its own process (give each ``threads`` torch
+    threads so that together they fill the cores); returns the runs they did.
+
+    When one runner fails, or this process is interrupted or sent SIGTERM, every runner is stopped with its training
+    (each stopped run keeps its CPU time and resumes next time) and the error is raised.
+    """
     if workers <= 1:
         return run_study(**kwargs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_log_to_stderr) as pool:
-        futures = [pool.submit(run_study, **kwargs) for _ in range(workers)]
-        wait(futures)
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
-    return [name for f in futures for name in f.result()]
+    results = context.SimpleQueue()
+    runners = [context.Process(target=_runner, args=(kwargs, results), name=f"runner-{i + 1}")
+               for i in range(workers)]  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        for runner in runners:
+            runner.start()
+        while any(r.is_alive() for r in runners) and all(r.exitcode in (None, 0) for r in runners):
+            time.sleep(1.0)
+    finally:
+        stopped = [r.name for r in runners if r.is_alive()]
+        for runner in runners:
+            if runner.is_alive():
+                runner.terminate()
+        for runner in runners:
+            runner.join()
+        signal.signal(signal.SIGTERM, previous)
+    failed = [f"{r.name} (exit {r.exitcode})" for r in runners if r.exitcode != 0 and r.name not in stopped]
+    if failed:
+        others = ", ".join(stopped) or "none"
+        raise RuntimeError(f"study runner(s) failed: {', '.join(failed)}; the log above says why. The others were "
+                           f"stopped ({others}); `scripts/study.py run` resumes the study.")  # fmt: skip
+    done: list[str] = []
+    while not results.empty():
+        done += results.get()
+    return done

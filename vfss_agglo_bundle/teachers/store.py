@@ -36,7 +36,7 @@ from vfss_agglo_bundle.data.feature_store import (
 )
 from vfss_agglo_bundle.data.views import DEFAULT_VIEW_STRENGTH, apply_view, view_params
 from vfss_agglo_bundle.teachers.base import Teacher
-from vfss_agglo_bundle.utils.io import atomic_path, write_json
+from vfss_agglo_bundle.utils.io import atomic_path, exclusive_lock, write_json
 
 __all__ = ["TeacherFeatureStore", "fill_store", "open_stores", "stored_grid"]
 
@@ -188,7 +188,21 @@ class TeacherFeatureStore:
             progress: show a tqdm bar.
             share: ``(rank, world)``: fill only every view of every ``world``-th frame from ``rank`` (``(0, 1)``:
                 all), each entry written atomically to its own file, so several processes fill one store together.
+                Two processes filling the same share (two runs starting at once) take turns: the second then finds
+                the first one's entries.
         """
+        with exclusive_lock(self.directory / f".filling-{share[0]}-of-{share[1]}.lock"):
+            return self._fill(items, image_loader, batch_size, device, progress, share)
+
+    def _fill(
+        self,
+        items: Iterable[Mapping],
+        image_loader: Callable[[Mapping], Tensor],
+        batch_size: int,
+        device: str | torch.device,
+        progress: bool,
+        share: tuple[int, int],
+    ) -> int:
         todo = self.pending(items, share)
         logger.info("teacher %s: %d views to compute in %s", self.teacher.name, len(todo), self.directory)
         if not todo:
