@@ -4,7 +4,7 @@ days and machines.
 
     python scripts/study.py run                          # every run still missing, in plan order (resumable)
     python scripts/study.py run --max_runs 4             # at most 4 runs now
-    python scripts/study.py run --workers 2              # two runners side by side (2 cores: about 1.3x the runs)
+    python scripts/study.py run --workers 2              # two runners side by side (2 cores: 1.3x in stage 2)
     python scripts/study.py run --only "['default-finetune']" --seeds "[0]"
     python scripts/study.py plan                         # the runs, done or not
     python scripts/study.py report                       # docs/study.md and docs/study.png from the summaries alone
