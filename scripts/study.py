@@ -17,7 +17,6 @@ the same fingerprint (settings, seed, device type) is skipped. The runs themselv
 from __future__ import annotations
 
 import logging
-import os
 
 import fire
 from vfss_agglo_bundle.study import choose, load_summaries, plan_runs
@@ -40,8 +39,7 @@ def run(
     """Run (or resume) the study's missing runs, with ``workers`` runners of ``threads`` torch threads each (default:
     the cores shared out between them). Several runners, started here or by hand on the same work_dir, share the runs
     left; max_runs counts per runner."""
-    threads = threads or max(1, (os.cpu_count() or 2) // workers)
-    done = run_study_workers(workers, work_dir=work_dir, summaries=summaries, seeds=list(seeds), device=device,
+    done = run_study_workers(workers, work_dir=work_dir, summaries=summaries, seeds=seeds, device=device,
                              threads=threads, only=only, max_runs=max_runs)  # fmt: skip
     print(f"{len(done)} run(s) done now: {', '.join(done) or '-'}")
 

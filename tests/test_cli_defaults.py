@@ -117,7 +117,7 @@ def test_the_scripts_forward_to_the_library_functions():
         ("benchmark.video", "video_throughput"),
         ("benchmark.phantom", "phantom_speed"),
         ("export.export", "export_segmenter"),
-        ("study.run", "run_study"),
+        ("study.run", "run_study_workers"),
         ("benchmark.teachers", "teacher_cost"),
         ("benchmark.store_fill", "store_fill_processes"),
     } <= found

@@ -378,13 +378,27 @@ def _runner(kwargs: dict[str, Any], results: Any) -> None:
     results.put(run_study(**kwargs))
 
 
-def run_study_workers(workers: int = 1, **kwargs: Any) -> list[str]:
-    """``workers`` runners of :func:`run_study` side by side, each its own process (give each ``threads`` torch
-    threads so that together they fill the cores); returns the runs they did.
+def run_study_workers(
+    workers: int = 1,
+    work_dir: str | os.PathLike = "eval/study",
+    summaries: str | os.PathLike = "docs/study/runs",
+    seeds: Sequence[int] = (0, 1, 2),
+    device: str = "cpu",
+    threads: int | None = None,
+    common: Mapping[str, Any] | None = None,
+    only: Sequence[str] | None = None,
+    max_runs: int | None = None,
+    poll: float = 30.0,
+) -> list[str]:
+    """``workers`` runners of :func:`run_study` side by side, each its own process with ``threads`` torch threads
+    (default: the cores shared out between them); returns the runs they did. The other arguments: :func:`run_study`.
 
     When one runner fails, or this process is interrupted or sent SIGTERM, every runner is stopped with its training
     (each stopped run keeps its CPU time and resumes next time) and the error is raised.
     """
+    threads = threads or max(1, (os.cpu_count() or 2) // workers)
+    kwargs = {"work_dir": work_dir, "summaries": summaries, "seeds": list(seeds), "device": device, "threads": threads,
+              "common": common, "only": only, "max_runs": max_runs, "poll": poll}  # fmt: skip
     if workers <= 1:
         return run_study(**kwargs)
     context = multiprocessing.get_context("spawn")
