@@ -192,40 +192,29 @@ class TeacherFeatureStore:
                 the first one's entries.
         """
         with exclusive_lock(self.directory / f".filling-{share[0]}-of-{share[1]}.lock"):
-            return self._fill(items, image_loader, batch_size, device, progress, share)
-
-    def _fill(
-        self,
-        items: Iterable[Mapping],
-        image_loader: Callable[[Mapping], Tensor],
-        batch_size: int,
-        device: str | torch.device,
-        progress: bool,
-        share: tuple[int, int],
-    ) -> int:
-        todo = self.pending(items, share)
-        logger.info("teacher %s: %d views to compute in %s", self.teacher.name, len(todo), self.directory)
-        if not todo:
-            return 0
-        self.teacher.to(device)
-        cached: tuple[str, Tensor] | None = None
-        with tqdm(total=len(todo), desc=f"teacher {self.teacher.name}", unit="view", disable=not progress) as bar:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                images = []
-                for item, key, view in chunk:
-                    if cached is None or cached[0] != key:
-                        cached = (key, self._load(image_loader, item, key))
-                    images.append(apply_view(cached[1], view_params(key, view, **self.view_strength)))
-                out = self.teacher(torch.stack(images).to(device))
-                dense = out.dense
-                if tuple(dense.shape[-2:]) != self.grid:
-                    dense = F.adaptive_avg_pool2d(dense, self.grid)
-                for i, (_, key, view) in enumerate(chunk):
-                    summary = None if out.summary is None else out.summary[i]
-                    self._write(key, view, dense[i], summary)
-                bar.update(len(chunk))
-        return len(todo)
+            todo = self.pending(items, share)
+            logger.info("teacher %s: %d views to compute in %s", self.teacher.name, len(todo), self.directory)
+            if not todo:
+                return 0
+            self.teacher.to(device)
+            cached: tuple[str, Tensor] | None = None
+            with tqdm(total=len(todo), desc=f"teacher {self.teacher.name}", unit="view", disable=not progress) as bar:
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start : start + batch_size]
+                    images = []
+                    for item, key, view in chunk:
+                        if cached is None or cached[0] != key:
+                            cached = (key, self._load(image_loader, item, key))
+                        images.append(apply_view(cached[1], view_params(key, view, **self.view_strength)))
+                    out = self.teacher(torch.stack(images).to(device))
+                    dense = out.dense
+                    if tuple(dense.shape[-2:]) != self.grid:
+                        dense = F.adaptive_avg_pool2d(dense, self.grid)
+                    for i, (_, key, view) in enumerate(chunk):
+                        summary = None if out.summary is None else out.summary[i]
+                        self._write(key, view, dense[i], summary)
+                    bar.update(len(chunk))
+            return len(todo)
 
     def _load(self, image_loader: Callable[[Mapping], Tensor], item: Mapping, key: str) -> Tensor:
         image = torch.as_tensor(image_loader(item)).float()
