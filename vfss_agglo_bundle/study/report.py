@@ -58,7 +58,8 @@ def _bootstrap(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     n_seeds, n_studies = values.shape
     rows = rng.integers(0, n_seeds, (resamples, n_seeds))
     cols = rng.integers(0, n_studies, (resamples, n_studies))
-    return np.array([values[np.ix_(r, c)].mean() for r, c in zip(rows, cols, strict=True)])
+    samples = values[rows[:, :, None], cols[:, None, :]]  # [resamples, seeds, studies]
+    return samples.reshape(resamples, -1).mean(axis=1)
 
 
 def bootstrap_difference(differences: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, ...]:
