@@ -168,6 +168,21 @@ def test_an_arm_without_absent_frames_has_no_false_positive_rate():
     assert row.split(" | ")[4] == "-" and row.split(" | ")[3] == "0.6200"
 
 
+def test_specialist_cost_is_grouped_by_machine_and_stage1_sharing():
+    found = _summaries({"default": 0.0, "bolus-specialist": 0.01}, {"default": 0.5, "bolus-specialist": 0.5},
+                       protocol="finetune")  # fmt: skip
+    for seed, minutes, shared in ((0, 90.0, False), (1, 40.0, True), (2, 50.0, True)):
+        found[f"bolus-specialist-finetune-s{seed}"].update(cpu_minutes=minutes, stage1_shared=shared)
+    for seed in SEEDS:
+        found[f"default-finetune-s{seed}"].update(cpu_minutes=50.0 + seed, stage1_shared=False)
+    found["default-finetune-s2"]["machine"] = "x86_64, 2 cores, 2 threads"
+    cost = next(line for line in markdown(found).splitlines() if line.startswith("Cost"))
+    machine = "AMD EPYC (AVX2), x86_64, 2 cores, 2 threads"
+    in_run, from_other = f"{machine}, stage 1 computed in the run", f"{machine}, stage 1 shared"
+    assert f"specialists 90.0 (1 run, {in_run}), 45.0 (2 runs, {from_other});" in cost
+    assert f"the multi-task run 50.5 (2 runs, {in_run}), 52.0 (1 run, x86_64" in cost
+
+
 def test_the_default_arm_is_the_default_run():
     """The fine-tune protocol's default arm at the default run's budget, seed 0, gives the model card's default run's
     test mean Dice (within 0.02, the issue's bar)."""

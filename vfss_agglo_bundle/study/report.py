@@ -250,6 +250,16 @@ def default_pick(
     return pick, rows, why
 
 
+def _cpu_cost(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Mean CPU minutes of ``runs`` per machine and per stage 1 computed in the run or shared: only these compare."""
+    groups: dict[tuple[str, bool], list[float]] = {}
+    for s in runs:
+        groups.setdefault((s["machine"], s["stage1_shared"]), []).append(s["cpu_minutes"])
+    return ", ".join(f"{np.mean(minutes):.1f} ({len(minutes)} run{'s' if len(minutes) > 1 else ''}, {machine}, "
+                     f"stage 1 {'shared' if shared else 'computed in the run'})"
+                     for (machine, shared), minutes in sorted(groups.items()))  # fmt: skip
+
+
 def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Timings | None = None) -> str:
     """``docs/study.md`` from the run summaries and the candidate defaults' whole-run timings."""
     choices = choose(summaries, seeds)
@@ -331,13 +341,13 @@ def markdown(summaries: Summaries, seeds: Sequence[int] = (0, 1, 2), timings: Ti
     lines += ["## 5. Specialists against the one multi-task model (finetune, on their own task)", ""]
     lines += _comparison_rows([compare(summaries, (f"{t}-specialist", "finetune"), ("default", "finetune"), t)
                                for t in SPECIALIST_TASKS])  # fmt: skip
-    specialist_cpu = [s["cpu_minutes"] for n, s in summaries.items() if "-specialist-" in n and s["device"] == "cpu"]
-    default_cpu = [s["cpu_minutes"] for s in _runs(summaries, "default", "finetune").values() if s["device"] == "cpu"]
+    specialist_cpu = [s for n, s in summaries.items() if "-specialist-" in n and s["device"] == "cpu"]
+    default_cpu = [s for s in _runs(summaries, "default", "finetune").values() if s["device"] == "cpu"]
     if specialist_cpu and default_cpu:
-        lines += ["", f"Cost: a specialist run (stage 2 and evaluation; it reuses the default run's stage 1) took "
-                  f"{np.mean(specialist_cpu):.1f} CPU min, the multi-task run {np.mean(default_cpu):.1f} (store, "
-                  f"stage 1, stage 2); {len(SPECIALIST_TASKS)} structures need {len(SPECIALIST_TASKS)} specialists "
-                  f"and {len(SPECIALIST_TASKS)} forwards a frame, 12 need one multi-task forward."]  # fmt: skip
+        lines += ["", f"Cost, CPU min a run (they compare only within one machine kind): specialists "
+                  f"{_cpu_cost(specialist_cpu)}; the multi-task run {_cpu_cost(default_cpu)}. "
+                  f"{len(SPECIALIST_TASKS)} structures need {len(SPECIALIST_TASKS)} specialists and "
+                  f"{len(SPECIALIST_TASKS)} forwards a frame, 12 need one multi-task forward."]  # fmt: skip
     lines += ["", "## 6. Dice against the number of labelled training studies (finetune)", "",
               "| arm | labelled studies | test mean Dice | 95% CI |", "|---|---|---|---|"]  # fmt: skip
     for arm in ("scratch", best_all4):
